@@ -1,0 +1,232 @@
+"""Train the built-in model: `python -m conceptforge.shapes.train --out DIR`.
+
+Stage 1 trains the VAE on rendered scenes; stage 2 trains the UNet and the
+text encoder on cached latents, with caption dropout (for classifier-free
+guidance) and a cross-attention grounding term: the max-normalised attention
+map of each caption word that names a region is pulled towards that region's
+mask (the world knows every mask exactly).  Seeded and resumable; checkpoints
+go to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engine.attention import AttentionStore, capture_cross_attention, normalize_max
+from .data import attention_targets, image_tensor, render, scene_seeds
+from .model import build_tokenizer, scheduler_kwargs, text_encoder_config, unet_kwargs, vae_kwargs
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_kwargs())
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    ckpt = work / "vae.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    if start >= steps:
+        return vae
+    images = torch.stack([image_tensor(s.image) for s in render(scene_seeds(n_scenes))])
+    gen = torch.Generator().manual_seed(seed + start)
+    t0 = time.time()
+    for step in range(start, steps):
+        lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = images[torch.randint(0, len(images), (batch,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
+            _log(f"vae step {step+1}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
+        if (step + 1) % 500 == 0 or step + 1 == steps:
+            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+    return vae
+
+
+@torch.no_grad()
+def cache_latents(vae, work: Path, n_scenes: int, latent_size: int):
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    vae.eval()
+    scenes = render(scene_seeds(n_scenes))
+    means, stds = [], []
+    for i in range(0, len(scenes), 256):
+        x = torch.stack([image_tensor(s.image) for s in scenes[i : i + 256]])
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    mean = torch.cat(means)
+    targets = [attention_targets(s, latent_size) for s in scenes]
+    data = {
+        "mean": mean,
+        "std": torch.cat(stds),
+        "captions": [s.caption for s in scenes],
+        "index": torch.from_numpy(np.stack([t[0] for t in targets])),
+        "target": torch.from_numpy(np.stack([t[1] for t in targets])),
+        "valid": torch.from_numpy(np.stack([t[2] for t in targets])),
+        "scaling_factor": float(1.0 / mean.std()),
+    }
+    _save_atomic(data, path)
+    return data
+
+
+def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: int, attn_weight: float, lr: float):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_kwargs())
+    text_encoder = CLIPTextModel(text_encoder_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params]
+    ckpt = work / "unet.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        start = state["step"]
+    if start >= steps:
+        return unet, text_encoder, ema
+    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_kwargs().items() if k != "set_alpha_to_one"})
+    ids_all = tokenizer(data["captions"], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    sf = data["scaling_factor"]
+    size = data["mean"].shape[-1]
+    store = AttentionStore()
+    gen = torch.Generator().manual_seed(seed + start)
+    n = data["mean"].shape[0]
+    t0 = time.time()
+    unet.train()
+    text_encoder.train()
+    with capture_cross_attention(unet, store, factor=1):
+        for step in range(start, steps):
+            warm = min(1.0, (step + 1) / 500)
+            cur_lr = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            idx = torch.randint(0, n, (batch,), generator=gen)
+            z = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen)) * sf
+            drop = torch.rand(batch, generator=gen) < 0.1
+            ids = torch.where(drop[:, None], empty_ids.expand(batch, -1), ids_all[idx])
+            noise = torch.randn(z.shape, generator=gen)
+            t = torch.randint(0, 1000, (batch,), generator=gen)
+            zt = noise_sched.add_noise(z, noise, t)
+            store.reset()
+            store.token_index = data["index"][idx]
+            ctx = text_encoder(ids)[0]
+            pred = unet(zt, t, encoder_hidden_states=ctx).sample
+            diff_loss = F.mse_loss(pred, noise)
+            maps = normalize_max(store.mean_maps(size, size))
+            valid = data["valid"][idx] * (~drop)[:, None].float()
+            per_token = ((maps - data["target"][idx]) ** 2).mean(dim=(-1, -2))
+            attn_loss = (per_token * valid).sum() / valid.sum().clamp(min=1)
+            loss = diff_loss + attn_weight * attn_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            if (step + 1) % 100 == 0:
+                rate = (time.time() - t0) / (step + 1 - start)
+                _log(f"unet step {step+1}/{steps} diff {diff_loss.item():.4f} attn {attn_loss.item():.4f} lr {cur_lr:.2e} ({rate:.2f}s/step)")
+            if (step + 1) % 500 == 0 or step + 1 == steps:
+                _save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1}, ckpt)
+    return unet, text_encoder, ema
+
+
+def export(out: Path, vae, unet, text_encoder, ema, tokenizer, scaling_factor: float, meta: dict) -> None:
+    """Write the EMA weights as a diffusers StableDiffusionPipeline folder."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(**scheduler_kwargs()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="diffusers folder to write")
+    ap.add_argument("--work", type=Path, default=Path(".train"), help="checkpoints and caches")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=2500)
+    ap.add_argument("--unet-steps", type=int, default=14000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--scenes", type=int, default=40000)
+    ap.add_argument("--attn-weight", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer = build_tokenizer(args.work / "tokenizer")
+    vae = train_vae(args.work, args.vae_steps, 32, min(args.scenes, 8000), args.seed)
+    t_vae = time.time() - t0
+    data = cache_latents(vae, args.work, args.scenes, latent_size=16)
+    _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")
+    unet, text_encoder, ema = train_unet(args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr)
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    meta["seconds_this_invocation"] = round(time.time() - t0, 1)
+    meta["seconds_vae_this_invocation"] = round(t_vae, 1)
+    export(args.out, vae, unet, text_encoder, ema, tokenizer, data["scaling_factor"], meta)
+    _log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
