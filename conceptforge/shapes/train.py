@@ -56,7 +56,7 @@ def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int):
     gen = torch.Generator().manual_seed(seed + start)
     t0 = time.time()
     for step in range(start, steps):
-        lr = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr
         x = images[torch.randint(0, len(images), (batch,), generator=gen)]
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="diffusers folder to write")
     ap.add_argument("--work", type=Path, default=Path(".train"), help="checkpoints and caches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=2500)
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--unet-steps", type=int, default=14000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=40000)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tokenizer = build_tokenizer(args.work / "tokenizer")
-    vae = train_vae(args.work, args.vae_steps, 32, min(args.scenes, 8000), args.seed)
+    vae = train_vae(args.work, args.vae_steps, 16, min(args.scenes, 8000), args.seed)
     t_vae = time.time() - t0
     data = cache_latents(vae, args.work, args.scenes, latent_size=16)
     _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")

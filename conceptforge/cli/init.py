@@ -1,0 +1,31 @@
+"""`conceptforge init DIR [--model SOURCE]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import ProjectDir, Quiet, console, handle_errors
+
+
+@handle_errors
+def init_command(
+    directory: ProjectDir,
+    model: Annotated[str, typer.Option("--model", "-m", help="builtin:tiny-shapes, a diffusers folder, a .safetensors/.ckpt file, or a hub id.")] = "builtin:tiny-shapes",
+    model_config: Annotated[Path | None, typer.Option("--model-config", help="Local diffusers folder with the configs of a single-file model (offline use).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-initialise an existing project (images and runs are kept).")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Create a project folder."""
+    from ..engine.backbone import resolve_source
+    from ..project import Project
+
+    source = resolve_source(model, str(model_config) if model_config else None)
+    spec = model if source.kind in ("builtin", "hub") else str(source.path)
+    project = Project.create(directory, model=spec, force=force, model_config=str(source.config) if source.config else None)
+    if not quiet:
+        console.print(f"Initialised [bold]{project.root}[/] with model [cyan]{spec}[/].")
+    else:
+        console.print(str(project.root))

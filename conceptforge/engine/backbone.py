@@ -1,0 +1,124 @@
+"""Load a Stable-Diffusion-architecture model: the built-in model, a diffusers
+folder, a single checkpoint file, or a hub id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = ("tiny-shapes",)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from, resolved."""
+
+    spec: str
+    kind: str  # builtin | folder | single_file | hub
+    path: Path | None = None
+    config: Path | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.kind == "builtin"
+
+
+def resolve_source(spec: str, config: str | None = None, base: Path | None = None) -> ModelSource:
+    """Interpret a --model value without loading anything."""
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_MODELS:
+            raise InputError(f"Unknown built-in model {spec!r}; available: {', '.join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)}.")
+        from ..shapes import model_path
+
+        return ModelSource(spec, "builtin", model_path())
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base is not None and (base / path).exists():
+        path = base / path
+    cfg = Path(config).expanduser() if config else None
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"The model folder {path} has no model_index.json; it is not a diffusers pipeline folder.")
+        return ModelSource(spec, "folder", path.resolve())
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise InputError(f"The model file {path} does not exist.")
+        if cfg is not None and not (cfg / "model_index.json").is_file():
+            raise InputError(f"The model config folder {cfg} has no model_index.json.")
+        return ModelSource(spec, "single_file", path.resolve(), cfg.resolve() if cfg else None)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise InputError(f"The model {spec} is neither a diffusers folder nor a .safetensors/.ckpt file.")
+    if spec.count("/") != 1:
+        raise InputError(f"The model {spec!r} is not builtin:NAME, a local folder or file, or a hub id like owner/name.")
+    return ModelSource(spec, "hub")
+
+
+def load_tokenizer(source: ModelSource):
+    """The model's CLIPTokenizer, without loading weights."""
+    from transformers import CLIPTokenizer
+
+    try:
+        if source.kind in ("builtin", "folder"):
+            return CLIPTokenizer.from_pretrained(str(source.path), subfolder="tokenizer")
+        if source.kind == "single_file":
+            if source.config is None:
+                return None  # known only once the checkpoint is loaded
+            return CLIPTokenizer.from_pretrained(str(source.config), subfolder="tokenizer")
+        return CLIPTokenizer.from_pretrained(source.spec, subfolder="tokenizer")
+    except OSError as exc:
+        raise InputError(f"Could not load the tokenizer of model {source.spec}: {_first_line(exc)}") from None
+
+
+def quiet_libraries() -> None:
+    """Silence the loading bars and notices of diffusers and transformers."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
+    """A StableDiffusionPipeline (no safety checker) from any supported source."""
+    from diffusers import StableDiffusionPipeline
+
+    quiet_libraries()
+    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        if source.kind in ("builtin", "folder"):
+            pipe = StableDiffusionPipeline.from_pretrained(str(source.path), **common)
+        elif source.kind == "single_file":
+            kwargs = dict(common)
+            if source.config is not None:
+                kwargs.update(config=str(source.config), local_files_only=True)
+            pipe = StableDiffusionPipeline.from_single_file(str(source.path), **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source.spec, **common)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        hint = " (offline: pass --model-config DIR with a local diffusers folder of the same model)" if source.kind == "single_file" else ""
+        raise InputError(f"Could not load model {source.spec}: {_first_line(exc)}{hint}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA device is available.")
+    return torch.device(requested)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,59 @@
+"""Learn one project: resolve settings, take the lock, start or resume a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConceptforgeError, InputError
+from ..project import Project
+from .backbone import resolve_source
+from .config import resolve_config
+from .runs import ProjectLock, RunDir, list_runs, new_run
+
+
+def unfinished_run(project: Project) -> RunDir | None:
+    runs = [r for r in list_runs(project.runs_dir) if r.state().get("status") in ("running", "failed", "interrupted")]
+    return runs[-1] if runs else None
+
+
+def learn_project(
+    root: Path,
+    overrides: dict[str, Any],
+    resume: bool = True,
+    on_event: Callable | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the method on a project; return a summary."""
+    from .em import Learner
+
+    project = Project.load(root)
+    if not project.concepts():
+        raise InputError(f"The project {root} has no concepts; add one with `conceptforge add-concept`.")
+    source = resolve_source(project.model, project.model_config, base=project.root)
+    with ProjectLock(project.runs_dir):
+        run = unfinished_run(project) if resume else None
+        if run is not None:
+            import yaml
+
+            saved = yaml.safe_load(run.config_path.read_text()) if run.config_path.is_file() else {}
+            saved = {k: v for k, v in (saved or {}).items() if k not in ("model", "run")}
+            config = resolve_config(source.is_builtin, saved, {})
+        else:
+            config = resolve_config(source.is_builtin, project.settings, overrides)
+            run = new_run(project.runs_dir, config.masks)
+        run.set_state(status="running")
+        learner = Learner(project, run, config, source, on_event)
+        try:
+            result = learner.learn()
+        except KeyboardInterrupt:
+            run.set_state(status="interrupted")
+            raise
+        except ConceptforgeError as exc:
+            run.set_state(status="failed", error=str(exc))
+            raise
+        except Exception as exc:
+            run.set_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        result["project"] = str(root)
+        result["config"] = config.to_dict()
+        return result

@@ -1,0 +1,259 @@
+"""Soft per-concept maps -> binary masks (threshold + DenseCRF), and mask utilities.
+
+`refine_masks` implements step 2 of the method (DESIGN.md): upsample each
+concept's coarse map bilinearly to the image, normalise it by its max,
+threshold it, then refine all of an image's maps jointly with a DenseCRF.
+
+Unary construction (decided by measurement, `benchmarks/crf_real.py`,
+results in `benchmarks/results/crf_real.md`):
+
+    scores  s_k = max-normalised upsampled map k            (K concept labels)
+    rest    s_r = threshold, a constant                      (only without background)
+    unary   U_l = -log softmax(s / UNARY_TEMPERATURE)_l
+
+A constant rest score equal to the threshold makes the unary's argmax exactly
+the thresholded labelling (a concept wins where its map passes the threshold
+and is the largest, the rest label wins where no map passes), so the CRF starts
+from the same masks as `use_crf=False` and only moves boundaries.  The
+temperature sets how strongly the unary holds against the pairwise terms;
+UNARY_TEMPERATURE = TODO was best on both real photos and the shapes world.
+Alternatives measured and rejected: rest score 1 - max_k s_k (ties the rest
+boundary to 0.5 whatever the threshold), and unaries from the hard thresholded
+labels (pydensecrf's `unary_from_labels`), which throw away the map's
+confidence.
+
+Masks never overlap, except a fallback: when the CRF (or the argmax among
+concepts) leaves a concept with a non-zero map empty, its own thresholded mask
+(or, failing that, its map's argmax pixel) is returned instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+UNARY_TEMPERATURE = 0.1
+GAUSSIAN_SXY = 3
+GAUSSIAN_COMPAT = 7
+BILATERAL_SXY = 50
+BILATERAL_SRGB = 5
+BILATERAL_COMPAT = 10
+_PROB_FLOOR = 1e-8
+
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (145, 30, 180),
+    (245, 130, 48),
+    (70, 240, 240),
+    (240, 50, 230),
+    (128, 128, 0),
+    (0, 0, 128),
+)
+
+
+class MaskSizeError(ValueError):
+    """A mask file's size differs from the size it must have."""
+
+
+# --------------------------------------------------------------------------- refinement
+
+
+def refine_masks(
+    image: np.ndarray,
+    maps: np.ndarray,
+    threshold: float = 0.5,
+    use_crf: bool = True,
+    has_background: bool = False,
+    crf_iterations: int = 10,
+) -> np.ndarray:
+    """Binary masks (K, H, W) of an H×W×3 uint8 image from K soft maps (K, h, w) in [0, 1].
+
+    `has_background` says the maps cover the whole image (one of them is the
+    background); without it the CRF gets an extra "rest" label for pixels that
+    belong to no concept.  With `use_crf=False` the thresholded masks are
+    returned (argmax among the concepts where several pass).
+    """
+    image, maps = _check_inputs(image, maps)
+    height, width = image.shape[:2]
+    scores = normalise_maps(upsample_maps(maps, height, width))
+    alive = scores.reshape(len(scores), -1).max(axis=1) > 0
+    thresholded = scores >= threshold
+    if use_crf and alive.any():
+        labels = _crf_labels(image, _unary_probabilities(scores, alive, threshold, has_background), crf_iterations)
+    else:
+        labels = _hard_labels(scores, thresholded)
+    masks = labels[None] == np.arange(len(scores))[:, None, None]
+    masks[~alive] = False
+    return _ensure_non_empty(masks, scores, thresholded, alive)
+
+
+def upsample_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of (K, h, w) maps to (K, height, width) float32."""
+    return np.stack(
+        [np.asarray(Image.fromarray(m.astype(np.float32)).resize((width, height), Image.BILINEAR)) for m in maps]
+    ) if len(maps) else np.zeros((0, height, width), np.float32)
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Each map divided by its max (all-zero maps stay zero), clipped to [0, 1]."""
+    peak = maps.reshape(len(maps), -1).max(axis=1, initial=0.0)[:, None, None]
+    return np.clip(np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), 0.0, 1.0)
+
+
+def _check_inputs(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    maps = np.asarray(maps, dtype=np.float32)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an H×W×3 uint8 array, got shape {image.shape} and dtype {image.dtype}")
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be a K×h×w array, got shape {maps.shape}")
+    return image, maps
+
+
+def _hard_labels(scores: np.ndarray, thresholded: np.ndarray) -> np.ndarray:
+    """Per pixel: the concept with the largest score among those that pass, else -1."""
+    labels = scores.argmax(axis=0) if len(scores) else np.zeros(scores.shape[1:], np.int64)
+    return np.where(thresholded.any(axis=0), labels, -1)
+
+
+def _unary_probabilities(scores: np.ndarray, alive: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """Label probabilities (L, H, W): softmax of the scores, plus a rest label scored `threshold`."""
+    logits = np.where(alive[:, None, None], scores, -np.inf)
+    if not has_background:
+        logits = np.concatenate([logits, np.full((1, *scores.shape[1:]), threshold, np.float32)])
+    logits = logits / UNARY_TEMPERATURE
+    logits = logits - logits.max(axis=0, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=0, keepdims=True)
+
+
+def _crf_labels(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
+    """DenseCRF labelling (H, W) from label probabilities (L, H, W); label K (rest) means no concept."""
+    import pydensecrf.densecrf as dcrf
+
+    n_labels, height, width = probs.shape
+    unary = -np.log(np.maximum(probs, _PROB_FLOOR)).reshape(n_labels, -1)
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
+    crf.addPairwiseBilateral(
+        sxy=BILATERAL_SXY, srgb=BILATERAL_SRGB, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=BILATERAL_COMPAT
+    )
+    q = np.asarray(crf.inference(iterations))
+    return q.argmax(axis=0).reshape(height, width)
+
+
+def _ensure_non_empty(masks: np.ndarray, scores: np.ndarray, thresholded: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Give each live concept left empty its thresholded mask, or its map's argmax pixel."""
+    for k in np.flatnonzero(alive & ~masks.reshape(len(masks), -1).any(axis=1)):
+        if thresholded[k].any():
+            masks[k] = thresholded[k]
+        else:
+            masks[k][np.unravel_index(scores[k].argmax(), scores[k].shape)] = True
+    return masks
+
+
+# --------------------------------------------------------------------------- mask utilities
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one shape; 1.0 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A boolean mask resized to height×width (nearest neighbour)."""
+    img = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255)
+    return np.asarray(img.resize((width, height), Image.NEAREST)) > 127
+
+
+# --------------------------------------------------------------------------- PNG I/O
+
+
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a boolean mask as a 0/255 grayscale PNG, atomically."""
+    _save_atomic(Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, "L"), Path(path))
+
+
+def load_mask_png(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask PNG as a boolean array (pixels > 127); `size` (width, height) is checked if given."""
+    with Image.open(path) as img:
+        if size is not None and tuple(img.size) != tuple(size):
+            raise MaskSizeError(
+                f"Mask {path} is {img.size[0]}x{img.size[1]} pixels but {size[0]}x{size[1]} was expected."
+            )
+        return np.asarray(img.convert("L")) > 127
+
+
+def save_soft_png(map: np.ndarray, path: str | os.PathLike, size: tuple[int, int] | None = None) -> None:
+    """Write a [0, 1] map as a 0..255 grayscale PNG, atomically; upsampled to `size` (width, height) if given."""
+    values = np.clip(np.asarray(map, np.float32), 0.0, 1.0)
+    if size is not None:
+        values = upsample_maps(values[None], size[1], size[0])[0]
+    _save_atomic(Image.fromarray(np.round(values * 255).astype(np.uint8), "L"), Path(path))
+
+
+def _save_atomic(img: Image.Image, path: Path) -> None:
+    """Save a PNG to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            img.save(handle, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def overlay(image: Image.Image, masks: Sequence[np.ndarray], alpha: float = 0.5) -> Image.Image:
+    """The image with each mask tinted a distinct palette colour (masks resized to the image if needed)."""
+    out = np.asarray(image.convert("RGB"), np.float32).copy()
+    height, width = out.shape[:2]
+    for k, mask in enumerate(masks):
+        mask = np.asarray(mask, bool)
+        if mask.shape != (height, width):
+            mask = resize_mask(mask, height, width)
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(PALETTE[k % len(PALETTE)], np.float32)
+    return Image.fromarray(np.round(out).astype(np.uint8), "RGB")
+
+
+def contact_sheet(rows: list[list[Image.Image]], labels: list[str] | None = None, cell: int = 96) -> Image.Image:
+    """A grid of cell×cell thumbnails, one row per concept and one column per iteration, labels at the left."""
+    if labels is not None and len(labels) != len(rows):
+        raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
+    font = ImageFont.load_default()
+    margin = _label_margin(labels or [], font)
+    columns = max((len(row) for row in rows), default=0)
+    sheet = Image.new("RGB", (margin + columns * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            sheet.paste(picture.convert("RGB").resize((cell, cell), Image.BILINEAR), (margin + c * cell, r * cell))
+        if labels:
+            top, bottom = draw.textbbox((0, 0), labels[r], font=font)[1::2]
+            draw.text((4, r * cell + (cell - top - bottom) // 2), labels[r], fill="black", font=font)
+    return sheet
+
+
+def _label_margin(labels: list[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    """Width of the label column: the widest label plus padding, 0 without labels."""
+    if not labels:
+        return 0
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return max(int(probe.textlength(label, font=font)) for label in labels) + 8
