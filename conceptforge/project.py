@@ -111,11 +111,8 @@ class Project:
     @classmethod
     def create(cls, root: Path, model: str = DEFAULT_MODEL, force: bool = False, model_config: str | None = None) -> "Project":
         """Create (or with force, re-initialise the manifest of) a project; never deletes files."""
+        cls.check_creatable(root, force)
         manifest = root / MANIFEST
-        if manifest.exists() and not force:
-            raise InputError(f"{root} is already a conceptforge project; pass --force to re-initialise it.")
-        if root.exists() and not root.is_dir():
-            raise InputError(f"{root} exists and is not a folder.")
         data: dict[str, Any] = {"version": MANIFEST_VERSION, "model": model, "model_config": model_config, "images": [], "settings": {}}
         if manifest.exists():  # --force keeps images and concepts, resets the model
             old = cls.load(root)
@@ -126,6 +123,14 @@ class Project:
         project.runs_dir.mkdir(exist_ok=True)
         project.save()
         return project
+
+    @staticmethod
+    def check_creatable(root: Path, force: bool) -> None:
+        """Refuse an existing project (unless force) or a path that is a file."""
+        if (root / MANIFEST).exists() and not force:
+            raise InputError(f"{root} is already a conceptforge project; pass --force to re-initialise it.")
+        if root.exists() and not root.is_dir():
+            raise InputError(f"{root} exists and is not a folder.")
 
     @classmethod
     def load(cls, root: Path) -> "Project":

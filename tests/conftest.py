@@ -10,6 +10,10 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models: threads only add overhead
+
 from tiny_models import build_tiny_pipeline  # noqa: E402
 
 

@@ -52,7 +52,7 @@ def build_tiny_pipeline(out: Path, flavor: str = "sd15", seed: int = 0) -> Path:
     )
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        prediction_type="v_prediction" if sd21 else "epsilon",
+        prediction_type="v_prediction" if sd21 else "epsilon", steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

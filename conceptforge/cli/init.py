@@ -22,6 +22,7 @@ def init_command(
     from ..engine.backbone import resolve_source
     from ..project import Project
 
+    Project.check_creatable(directory, force)
     source = resolve_source(model, str(model_config) if model_config else None)
     spec = model if source.kind in ("builtin", "hub") else str(source.path)
     project = Project.create(directory, model=spec, force=force, model_config=str(source.config) if source.config else None)

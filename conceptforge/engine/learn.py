@@ -30,6 +30,7 @@ def learn_project(
     if not project.concepts():
         raise InputError(f"The project {root} has no concepts; add one with `conceptforge add-concept`.")
     source = resolve_source(project.model, project.model_config, base=project.root)
+    _check_given_masks(project, overrides)
     with ProjectLock(project.runs_dir):
         run = unfinished_run(project) if resume else None
         if run is not None:
@@ -57,3 +58,12 @@ def learn_project(
         result["project"] = str(root)
         result["config"] = config.to_dict()
         return result
+
+
+def _check_given_masks(project: Project, overrides: dict[str, Any]) -> None:
+    mode = overrides.get("masks") or project.settings.get("masks")
+    if mode != "given":
+        return
+    for entry, concept in project.concepts():
+        if not concept.gt_mask:
+            raise InputError(f"--masks given needs a --gt-mask for every concept; {concept.token} on image {entry.file} has none.")

@@ -1,19 +1,23 @@
 """A deterministic recogniser of the shapes world (no learning).
 
 `recognise(image)` reads a 64x64 image of the world back into colour and shape
-words: every pixel is classified to its nearest palette colour (after a 3x3
-median filter; pixels far from every palette colour are unknown), the
-background colours are the ones that fill the image border, the other colours
-form connected parts, and parts are grouped into objects: pieces of one colour
-cut apart by an occluder are joined, and two parts of different colours are
-joined into one two-tone object when together they form one shape split by a
-straight line through its centre.  Each object's shape is the template
-(`world.shape_mask`) that fits its mask best (IoU, with the pixels of other
-objects as "don't care", since they may hide part of it).
+words, to score generated images and to check itself against rendered scenes:
 
-It is used to score generated images, so it tolerates blur and off-palette
-colours; it is exact enough on rendered scenes to be checked against their
-ground truth (see tests/test_recognise.py).
+1. pixels: a 3x3 median filter, then the nearest palette colour (UNKNOWN when
+   none is near); edge pixels that are a blend of two nearby region colours
+   (blur) go to the nearer of the two instead of to a third colour;
+2. background: the colours that fill the image border (two-tone: ground at
+   the bottom first, then sky);
+3. parts: connected single-colour regions of the other pixels; tiny or thin
+   ones (edge blends, colour fringes) join the solid part they touch most;
+4. objects: pieces of one colour that non-background pixels connect are one
+   object (an occluder cut them apart; the world never repeats a colour);
+   two touching parts of different colours become one two-tone object when
+   together they fit a shape better than as two objects and a line through
+   the shape's centre separates them; the most such pairs are taken;
+5. shape: the template (`world.shape_mask`) with the best IoU, searched over
+   centre and radius, where template pixels that another object may hide
+   cost only a quarter of a visible miss.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -34,13 +38,19 @@ PALETTE = np.array([COLORS[name] for name in COLOR_NAMES], dtype=np.float32)
 UNKNOWN = -1
 
 MAX_COLOR_DISTANCE = 60.0  # RGB distance beyond which a pixel is unknown (palette gaps are >= 83)
+MAX_BLEND_DISTANCE = 20.0  # RGB distance from the mix of two colours for an edge pixel to be a blend
+BLEND_REACH = 7  # window in which the blended colours' regions are looked for
 BORDER_SHARE = 0.2  # a background colour covers at least this share of the known border pixels
-MIN_PART = 8  # smaller single-colour parts are ignored (treated as unknown)
+MIN_PART = 8  # smaller single-colour parts are rims
+RIM_CORE_SHARE = 0.2  # parts with less of their area left after a 3x3 erosion are rims
 MIN_OBJECT = 30  # smaller objects are ignored
 TWO_TONE_FIT = 0.7  # a two-tone union must fit a template at least this well
 SPLIT_AGREEMENT = 0.9  # ... and its colours must be this separable by a line through its centre
-SAME_COLOR_SLACK = 0.05  # same-colour pieces join when their union fits nearly as well as the pieces
 RADIUS_RANGE = (7.0, 17.0)  # template radii searched (the world draws 8..15)
+REFINED_STARTS = 2  # of the initial placements of a template, the best few are refined
+HIDDEN_WEIGHT = 0.25  # cost of a template pixel that another object may hide, relative to a visible miss
+REFINE_STEPS = (1.0, 0.5, 0.25)  # hill-climbing step sizes (pixels)
+_PAIRS = [(i, j) for i in range(len(PALETTE)) for j in range(i + 1, len(PALETTE))]
 SPLIT_ANGLES = np.linspace(0.0, math.pi, 72, endpoint=False)
 STRUCTURE_4 = ndimage.generate_binary_structure(2, 1)
 STRUCTURE_8 = ndimage.generate_binary_structure(2, 2)
@@ -84,7 +94,7 @@ def to_array(image: Image.Image | np.ndarray) -> np.ndarray:
         arr = image
         if arr.dtype != np.uint8:
             arr = np.clip(arr * 255.0 if arr.max() <= 1.0 else arr, 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr[..., :3])
+        image = Image.fromarray(arr[..., :3] if arr.ndim == 3 else arr)
     image = image.convert("RGB")
     if image.size != (SIZE, SIZE):
         image = image.resize((SIZE, SIZE), Image.BILINEAR)
@@ -92,12 +102,43 @@ def to_array(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def classify_pixels(rgb: np.ndarray) -> np.ndarray:
-    """Palette index of each pixel (UNKNOWN where no palette colour is near)."""
+    """Palette index of each pixel (UNKNOWN where no palette colour is near).
+
+    The image is median filtered first; pixels on edges that are a blend of two
+    nearby region colours go to the nearer of the two (a blur of orange on black
+    would otherwise read as a brown outline).
+    """
     smooth = ndimage.median_filter(rgb, size=(3, 3, 1), mode="nearest")
     dist = np.linalg.norm(smooth[:, :, None, :] - PALETTE[None, None], axis=-1)
     labels = dist.argmin(axis=-1)
     labels[dist.min(axis=-1) > MAX_COLOR_DISTANCE] = UNKNOWN
-    return labels
+    return resolve_blends(smooth, labels)
+
+
+def _core_presence(labels: np.ndarray) -> np.ndarray:
+    """(n_colors, H, W): whether a region core (a uniform 3x3 patch) of each colour lies within reach."""
+    uniform = (ndimage.maximum_filter(labels, size=3, mode="nearest") == ndimage.minimum_filter(labels, size=3, mode="nearest")) & (labels != UNKNOWN)
+    return np.stack([ndimage.maximum_filter(uniform & (labels == k), size=BLEND_REACH, mode="constant") for k in range(len(PALETTE))])
+
+
+def resolve_blends(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Relabel pixels that are a mix of two nearby core colours (and not a core colour themselves)
+    to the nearer of the two."""
+    present = _core_presence(labels)
+    own_present = np.take_along_axis(present, np.clip(labels, 0, None)[None], axis=0)[0] & (labels != UNKNOWN)
+    best = np.full(labels.shape, np.inf, dtype=np.float32)
+    out = labels.copy()
+    nearby = present.any(axis=(1, 2))
+    for i, j in _PAIRS:
+        if not (nearby[i] and nearby[j]):
+            continue
+        a, b = PALETTE[i], PALETTE[j]
+        t = np.clip(((rgb - a) @ (b - a)) / float((b - a) @ (b - a)), 0.0, 1.0)
+        d = np.linalg.norm(rgb - (a + t[..., None] * (b - a)), axis=-1)
+        take = present[i] & present[j] & ~own_present & (d < np.minimum(best, MAX_BLEND_DISTANCE))
+        best[take] = d[take]
+        out[take] = np.where(t[take] < 0.5, i, j)
+    return out
 
 
 def find_background(labels: np.ndarray, rgb: np.ndarray) -> list[int]:
@@ -119,82 +160,127 @@ def find_background(labels: np.ndarray, rgb: np.ndarray) -> list[int]:
 # --------------------------------------------------------------------------- shape fitting
 
 
-def _unit_extents(shape: str) -> tuple[float, float, float, float, float]:
-    """(x_lo, x_hi, y_lo, y_hi, area) of a shape of radius 1 centred at the origin."""
-    big, r = 1000, 400.0
-    mask = shape_mask(shape, big / 2, big / 2, r, size=big)
-    ys, xs = np.nonzero(mask)
-    c = big / 2
-    return ((xs.min() - c) / r, (xs.max() + 1 - c) / r, (ys.min() - c) / r, (ys.max() + 1 - c) / r, mask.sum() / r**2)
+@dataclass(frozen=True)
+class _Unit:
+    """Geometry of a shape of radius 1 centred at the origin: bounding box, area, centroid."""
+
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+    area: float
+    mean_x: float
+    mean_y: float
 
 
-EXTENTS: dict[str, tuple[float, float, float, float, float]] = {s: _unit_extents(s) for s in SHAPES}
+def _unit(shape: str, size: int = 1000, r: float = 400.0) -> _Unit:
+    """Measure a shape's unit geometry on a large rendering."""
+    c = size / 2
+    ys, xs = np.nonzero(shape_mask(shape, c, c, r, size=size))
+    xs, ys = (xs - c) / r, (ys - c) / r
+    step = 1 / r
+    return _Unit(xs.min(), xs.max() + step, ys.min(), ys.max() + step, len(xs) * step**2, xs.mean(), ys.mean())
 
 
-@lru_cache(maxsize=200_000)
-def _template(shape: str, qx: int, qy: int, qr: int) -> np.ndarray:
-    """Rendered template at quarter-pixel quantised parameters (cached)."""
-    mask = shape_mask(shape, qx / 4, qy / 4, qr / 4)
+UNITS: dict[str, _Unit] = {s: _unit(s) for s in SHAPES}
+
+
+@lru_cache(maxsize=None)
+def _stamp(shape: str, fx: int, fy: int, qr: int) -> np.ndarray:
+    """A template on a small square canvas, centred at (half + fx/4, half + fy/4), radius qr/4 (cached)."""
+    half = math.ceil(qr / 4) + 2
+    mask = shape_mask(shape, half + fx / 4, half + fy / 4, qr / 4, size=2 * half + 1)
     mask.setflags(write=False)
     return mask
 
 
-def template(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    """The shape's mask at (cx, cy, r), quantised to quarter pixels."""
-    return _template(shape, round(cx * 4), round(cy * 4), round(r * 4))
+def template(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> tuple[np.ndarray, int, int]:
+    """The shape's template at (cx, cy, r) quantised to quarter pixels, clipped to a size x size
+    image: (window, top, left) with the window's position in the image."""
+    qx, qy, qr = round(cx * 4), round(cy * 4), round(r * 4)
+    stamp = _stamp(shape, qx % 4, qy % 4, qr)
+    half = stamp.shape[0] // 2
+    top, left = qy // 4 - half, qx // 4 - half
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + stamp.shape[0], size), min(left + stamp.shape[1], size)
+    return stamp[t0 - top : max(t1 - top, 0), l0 - left : max(l1 - left, 0)], t0, l0
 
 
-def masked_iou(tmpl: np.ndarray, mask: np.ndarray, dont_care: np.ndarray) -> float:
-    """IoU of a template with a mask, ignoring template pixels on `dont_care`."""
-    inter = np.count_nonzero(tmpl & mask)
-    union = np.count_nonzero(mask | (tmpl & ~dont_care))
-    return inter / union if union else 0.0
+class FitTarget:
+    """A mask to fit templates to, with the pixels where a template may be hidden by another object.
+
+    The score is an IoU in which template pixels outside the mask but on
+    `dont_care` count only HIDDEN_WEIGHT (a template may extend under an
+    occluder, but the explanation that hides least wins ties).
+    """
+
+    def __init__(self, mask: np.ndarray, dont_care: np.ndarray) -> None:
+        self.mask = mask
+        self.dont_care = dont_care
+        self.area = int(np.count_nonzero(mask))
+        self._scores: dict[tuple[str, int, int, int], float] = {}
+
+    def score(self, shape: str, cx: float, cy: float, r: float) -> float:
+        key = (shape, round(cx * 4), round(cy * 4), round(r * 4))
+        if key not in self._scores:
+            self._scores[key] = self._masked_iou(*template(shape, cx, cy, r))
+        return self._scores[key]
+
+    def _masked_iou(self, window: np.ndarray, top: int, left: int) -> float:
+        h, w = window.shape
+        mask = self.mask[top : top + h, left : left + w]
+        extra = window & ~mask
+        hidden = np.count_nonzero(extra & self.dont_care[top : top + h, left : left + w])
+        union = self.area + np.count_nonzero(extra) - (1.0 - HIDDEN_WEIGHT) * hidden
+        return np.count_nonzero(window & mask) / union if union else 0.0
 
 
 def _initial_guesses(shape: str, mask: np.ndarray) -> list[tuple[float, float, float]]:
-    """Starting (cx, cy, r) from the mask's bounding box and from its area and centroid."""
-    x_lo, x_hi, y_lo, y_hi, area = EXTENTS[shape]
+    """Starting (cx, cy, r): the mask's bounding box with the template anchored at each side
+    and corner (an occluded mask's box is cut short), and the mask's area and centroid."""
+    u = UNITS[shape]
     ys, xs = np.nonzero(mask)
-    w, h = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
-    r_box = max(w / (x_hi - x_lo), h / (y_hi - y_lo))
-    box = (xs.min() - x_lo * r_box, ys.min() - y_lo * r_box, r_box)
-    r_area = math.sqrt(len(xs) / area)
-    # the centroid of the unit shape is not at its centre for triangles and hearts
-    unit = template(shape, 32.0, 32.0, 16.0)
-    uy, ux = np.nonzero(unit)
-    moment = (xs.mean() - (ux.mean() - 32.0) / 16.0 * r_area, ys.mean() - (uy.mean() - 32.0) / 16.0 * r_area, r_area)
-    return [(cx, cy, float(np.clip(r, *RADIUS_RANGE))) for cx, cy, r in (box, moment)]
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    r = max((x1 - x0 - 1) / (u.x_hi - u.x_lo), (y1 - y0 - 1) / (u.y_hi - u.y_lo))  # drawn edges add a pixel
+    cxs = (x0 - u.x_lo * r, x1 - u.x_hi * r, (x0 + x1) / 2 - (u.x_lo + u.x_hi) / 2 * r)
+    cys = (y0 - u.y_lo * r, y1 - u.y_hi * r, (y0 + y1) / 2 - (u.y_lo + u.y_hi) / 2 * r)
+    guesses = [(cx, cy, r) for cx in cxs for cy in cys]
+    r_area = math.sqrt(len(xs) / u.area)
+    guesses.append((xs.mean() - u.mean_x * r_area, ys.mean() - u.mean_y * r_area, r_area))
+    return [(float(cx), float(cy), float(np.clip(r, *RADIUS_RANGE))) for cx, cy, r in guesses]
 
 
-def _refine(shape: str, start: tuple[float, float, float], mask: np.ndarray, dont_care: np.ndarray) -> Fit:
-    """Coordinate ascent of the masked IoU over (cx, cy, r) with shrinking steps."""
-    params = list(start)
-    best = masked_iou(template(shape, *params), mask, dont_care)
-    for step in (2.0, 1.0, 0.5, 0.25):
+NEIGHBOURS = [np.array(d, dtype=float) - 1.0 for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]
+
+
+def _refine(shape: str, start: tuple[float, float, float], target: FitTarget) -> Fit:
+    """Hill climbing of the score over (cx, cy, r) in the 26-neighbourhood, with shrinking steps."""
+    params = np.array(start, dtype=float)
+    best = target.score(shape, *params)
+    for step in REFINE_STEPS:
         improved = True
         while improved:
             improved = False
-            for dim in range(3):
-                for sign in (1.0, -1.0):
-                    trial = list(params)
-                    trial[dim] += sign * step
-                    if not RADIUS_RANGE[0] <= trial[2] <= RADIUS_RANGE[1]:
-                        continue
-                    score = masked_iou(template(shape, *trial), mask, dont_care)
+            for d in NEIGHBOURS:
+                trial = params + d * step
+                if RADIUS_RANGE[0] <= trial[2] <= RADIUS_RANGE[1]:
+                    score = target.score(shape, *trial)
                     if score > best + 1e-9:
                         best, params, improved = score, trial, True
-    return Fit(shape, best, *params)
+    return Fit(shape, float(best), *(float(p) for p in params))
 
 
-def fit_shape(shape: str, mask: np.ndarray, dont_care: np.ndarray) -> Fit:
-    """The best placement of one shape's template on a mask."""
-    fits = [_refine(shape, g, mask, dont_care) for g in _initial_guesses(shape, mask)]
-    return max(fits, key=lambda f: f.iou)
+def fit_shape(shape: str, target: FitTarget) -> Fit:
+    """The best placement of one shape's template: the best few initial guesses, refined."""
+    guesses = _initial_guesses(shape, target.mask)
+    guesses.sort(key=lambda g: -target.score(shape, *g))
+    return max((_refine(shape, g, target) for g in guesses[:REFINED_STARTS]), key=lambda f: f.iou)
 
 
 def best_fit(mask: np.ndarray, dont_care: np.ndarray) -> Fit:
-    """The best-fitting shape of all shapes."""
-    return max((fit_shape(s, mask, dont_care) for s in SHAPES), key=lambda f: f.iou)
+    """The best-fitting shape of all shapes for a mask (template pixels on `dont_care` may be hidden)."""
+    target = FitTarget(mask, dont_care)
+    return max((fit_shape(s, target) for s in SHAPES), key=lambda f: f.iou)
 
 
 def split_agreement(first: np.ndarray, second: np.ndarray, cx: float, cy: float) -> float:
@@ -232,18 +318,52 @@ class _Region:
         return _Region(parts)
 
 
-def find_parts(labels: np.ndarray, background: list[int]) -> list[_Region]:
-    """Connected single-colour parts of the non-background pixels, tiny and thin ones dropped."""
+def _components(labels: np.ndarray, background: list[int]) -> list[_Region]:
+    """Connected single-colour components of the non-background, known pixels."""
     regions: list[_Region] = []
     for color in np.unique(labels):
         if color == UNKNOWN or color in background:
             continue
         comps, n = ndimage.label(labels == color, structure=STRUCTURE_4)
-        for k in range(1, n + 1):
-            part = comps == k
-            if part.sum() >= MIN_PART and ndimage.binary_erosion(part, STRUCTURE_8).any():
-                regions.append(_Region({int(color): part}))
+        regions += [_Region({int(color): comps == k}) for k in range(1, n + 1)]
     return regions
+
+
+def _is_rim(region: _Region) -> bool:
+    """A part too small or too thin to be an object's own: an edge blend or colour fringe."""
+    mask = region.mask
+    area = np.count_nonzero(mask)
+    return area < MIN_PART or np.count_nonzero(ndimage.binary_erosion(mask, STRUCTURE_8)) < RIM_CORE_SHARE * area
+
+
+def find_parts(labels: np.ndarray, background: list[int]) -> list[_Region]:
+    """Single-colour parts of the non-background pixels; rims (see `_is_rim`) are absorbed into
+    the solid part they share most boundary with, in that part's colour, or dropped."""
+    components = _components(labels, background)
+    solid = [r for r in components if not _is_rim(r)]
+    for rim in sorted((r for r in components if _is_rim(r)), key=lambda r: r.area):
+        ring = ndimage.binary_dilation(rim.mask, STRUCTURE_8)
+        contact = [np.count_nonzero(ring & s.mask) for s in solid]
+        if contact and max(contact) > 0:
+            k = int(np.argmax(contact))
+            color = next(iter(solid[k].parts))
+            solid[k] = solid[k].joined(_Region({color: rim.mask}))
+    return solid
+
+
+def best_matching(gains: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
+    """Disjoint pairs with the most pairs, then the highest total gain (exhaustive; few candidates)."""
+    if not gains:
+        return []
+    (i, j), gain = max(gains.items(), key=lambda kv: kv[1])
+    without = best_matching({k: g for k, g in gains.items() if k != (i, j)})
+    rest = best_matching({k: g for k, g in gains.items() if i not in k and j not in k})
+    with_pair = [(i, j)] + rest
+
+    def value(pairs: list[tuple[int, int]]) -> tuple[int, float]:
+        return len(pairs), sum(gains[p] for p in pairs)
+
+    return max(with_pair, without, key=value)
 
 
 def _touching(a: np.ndarray, b: np.ndarray) -> bool:
@@ -277,13 +397,6 @@ class _Grouper:
         """How well two regions read as two objects, one on top of the other (mean IoU)."""
         return max((self.fit(top, on_top_of=below).iou + self.fit(below).iou) / 2 for top, below in ((a, b), (b, a)))
 
-    def same_color_gain(self, a: _Region, b: _Region) -> float | None:
-        """Score for joining two pieces of one colour cut apart by an occluder (None: keep apart)."""
-        if len(a.parts) != 1 or set(a.parts) != set(b.parts):
-            return None
-        joint = self.fit(a.joined(b)).iou
-        return joint if joint >= min(self.fit(a).iou, self.fit(b).iou) - SAME_COLOR_SLACK else None
-
     def two_tone_gain(self, a: _Region, b: _Region) -> float | None:
         """Score for joining two touching parts of different colours into one two-tone object."""
         if len(a.parts) != 1 or len(b.parts) != 1 or set(a.parts) == set(b.parts) or not _touching(a.mask, b.mask):
@@ -295,20 +408,25 @@ class _Grouper:
             return None
         return fit.iou
 
-    def merge(self, regions: list[_Region], gain: Callable[[_Region, _Region], float | None]) -> list[_Region]:
-        """Greedily join the pair with the highest gain until no pair qualifies."""
-        regions = list(regions)
-        while True:
-            scored = [(gain(a, b), i, j) for i, a in enumerate(regions) for j, b in enumerate(regions) if i < j]
-            scored = [s for s in scored if s[0] is not None]
-            if not scored:
-                return regions
-            _, i, j = max(scored)
-            regions = [r for k, r in enumerate(regions) if k not in (i, j)] + [regions[i].joined(regions[j])]
+    def merge_same_color(self, regions: list[_Region]) -> list[_Region]:
+        """Join pieces of one colour that occupied pixels connect (an occluder cut them apart)."""
+        blobs, _ = ndimage.label(self.occupied, structure=STRUCTURE_8)
+        groups: dict[tuple[int, int], _Region] = {}
+        for region in regions:
+            key = (next(iter(region.parts)), int(blobs[region.mask][0]))
+            groups[key] = groups[key].joined(region) if key in groups else region
+        return list(groups.values())
+
+    def merge_two_tone(self, regions: list[_Region]) -> list[_Region]:
+        """Join two-tone pairs: the most pairs (fewest objects), then the best total fit."""
+        gains = {(i, j): self.two_tone_gain(a, b) for i, a in enumerate(regions) for j, b in enumerate(regions) if i < j}
+        pairs = best_matching({k: g for k, g in gains.items() if g is not None})
+        paired = {i for pair in pairs for i in pair}
+        return [r for k, r in enumerate(regions) if k not in paired] + [regions[i].joined(regions[j]) for i, j in pairs]
 
     def group(self, parts: list[_Region]) -> list[_Region]:
-        """Objects from parts: same-colour pieces first, then two-tone pairs; tiny ones dropped."""
-        regions = self.merge(self.merge(parts, self.same_color_gain), self.two_tone_gain)
+        """Objects from single-colour parts: same-colour pieces first, then two-tone pairs; tiny ones dropped."""
+        regions = self.merge_two_tone(self.merge_same_color(parts))
         return sorted((r for r in regions if r.area >= MIN_OBJECT), key=lambda r: -r.area)
 
     def read(self, region: _Region) -> ObjectReading:

@@ -1,6 +1,7 @@
 """Train the built-in model: `python -m conceptforge.shapes.train --out DIR`.
 
-Stage 1 trains the VAE on rendered scenes; stage 2 trains the UNet and the
+Stage 1 trains the VAE on rendered scenes (1500 steps sampling the
+posterior, then decoding its mean); stage 2 trains the UNet and the
 text encoder on cached latents, with caption dropout (for classifier-free
 guidance) and a cross-attention grounding term: the max-normalised attention
 map of each caption word that names a region is pulled towards that region's
@@ -37,7 +38,7 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int):
+def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int, sample_steps: int):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -61,9 +62,13 @@ def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int):
             g["lr"] = lr
         x = images[torch.randint(0, len(images), (batch,), generator=gen)]
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
-        kl = post.kl().mean() / x[0].numel()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        if step < sample_steps:  # a VAE: decode a posterior sample, light KL
+            rec = vae.decode(post.sample(generator=gen)).sample
+            reg = post.kl().mean() / x[0].numel()
+        else:  # then sharpen: decode the mean (the UNet trains on the means)
+            rec = vae.decode(post.mean).sample
+            reg = post.mean.pow(2).mean()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,17 +87,15 @@ def cache_latents(vae, work: Path, n_scenes: int, latent_size: int):
         return torch.load(path, weights_only=False)
     vae.eval()
     scenes = render(scene_seeds(n_scenes))
-    means, stds = [], []
+    means = []
     for i in range(0, len(scenes), 256):
         x = torch.stack([image_tensor(s.image) for s in scenes[i : i + 256]])
         dist = vae.encode(x).latent_dist
         means.append(dist.mean)
-        stds.append(dist.std)
     mean = torch.cat(means)
     targets = [attention_targets(s, latent_size) for s in scenes]
     data = {
         "mean": mean,
-        "std": torch.cat(stds),
         "captions": [s.caption for s in scenes],
         "index": torch.from_numpy(np.stack([t[0] for t in targets])),
         "target": torch.from_numpy(np.stack([t[1] for t in targets])),
@@ -142,7 +145,7 @@ def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: 
             for g in opt.param_groups:
                 g["lr"] = cur_lr
             idx = torch.randint(0, n, (batch,), generator=gen)
-            z = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen)) * sf
+            z = data["mean"][idx] * sf
             drop = torch.rand(batch, generator=gen) < 0.1
             ids = torch.where(drop[:, None], empty_ids.expand(batch, -1), ids_all[idx])
             noise = torch.randn(z.shape, generator=gen)
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="diffusers folder to write")
     ap.add_argument("--work", type=Path, default=Path(".train"), help="checkpoints and caches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-steps", type=int, default=2300)
+    ap.add_argument("--vae-sample-steps", type=int, default=1500, help="VAE steps that decode a posterior sample before decoding the mean")
     ap.add_argument("--unet-steps", type=int, default=14000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=40000)
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tokenizer = build_tokenizer(args.work / "tokenizer")
-    vae = train_vae(args.work, args.vae_steps, 16, min(args.scenes, 8000), args.seed)
+    vae = train_vae(args.work, args.vae_steps, 16, min(args.scenes, 8000), args.seed, args.vae_sample_steps)
     t_vae = time.time() - t0
     data = cache_latents(vae, args.work, args.scenes, latent_size=16)
     _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")
