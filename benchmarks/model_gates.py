@@ -25,18 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-try:
-    import conceptforge  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from conceptforge.engine.attention import AttentionStore, capture_cross_attention, normalize_minmax, resize_maps
-from conceptforge.shapes.data import image_tensor
-from conceptforge.shapes.recognise import background_is, contains, recognise
-from conceptforge.shapes.world import COLORS, GENERIC_NOUNS, SHAPES, SIZE, Scene, sample_scene
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
+from conceptforge.engine import backbone  # noqa: E402
+from conceptforge.engine.attention import AttentionStore, capture_cross_attention, normalize_minmax, resize_maps  # noqa: E402
+from conceptforge.engine.masks import iou  # noqa: E402
+from conceptforge.errors import ConceptforgeError  # noqa: E402
+from conceptforge.shapes import model_path  # noqa: E402
+from conceptforge.shapes.data import image_tensor  # noqa: E402
+from conceptforge.shapes.recognise import background_is, contains, recognise  # noqa: E402
+from conceptforge.shapes.world import COLORS, GENERIC_NOUNS, SHAPES, SIZE, Scene, sample_scene  # noqa: E402
 
 ATTENTION_SEEDS = 600_000
 VAE_SEEDS = 700_000
@@ -77,9 +76,6 @@ class TrackedWord:
 
 def default_model() -> Path | None:
     """The built-in model's folder, when it is installed."""
-    from conceptforge.errors import ConceptforgeError
-    from conceptforge.shapes import model_path
-
     try:
         return model_path()
     except ConceptforgeError:
@@ -87,16 +83,8 @@ def default_model() -> Path | None:
 
 
 def load_pipeline(path: Path, device: str):
-    """The StableDiffusionPipeline of a diffusers folder, in float32, without a progress bar."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    """The model folder's StableDiffusionPipeline in float32 on `device` (the engine's loader)."""
+    return backbone.load_pipeline(backbone.resolve_source(str(path))).to(device)
 
 
 def batches(items: list, size: int) -> list[list]:
@@ -146,40 +134,39 @@ def tracked_words(scene: Scene) -> list[TrackedWord]:
     return tracked
 
 
+def scene_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """(len(ATTENTION_TIMESTEPS), B, *shape) noise, drawn per scene from its seed (independent of batching)."""
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return torch.stack([torch.stack([torch.randn(shape, generator=g) for g in gens]) for _ in ATTENTION_TIMESTEPS])
+
+
 @torch.no_grad()
-def mean_attention(pipe, latents: torch.Tensor, context: torch.Tensor, token_index: torch.Tensor, seed: int) -> torch.Tensor:
+def mean_attention(pipe, latents: torch.Tensor, context: torch.Tensor, token_index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """(B, K, 16, 16) attention of the tracked tokens at the 16x16 layers, averaged over ATTENTION_TIMESTEPS."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     store = AttentionStore()
     store.token_index = token_index
-    gen = torch.Generator().manual_seed(seed)
     size = latents.shape[-1]
     total = torch.zeros(latents.shape[0], token_index.shape[1], size, size)
     with capture_cross_attention(pipe.unet, store, factor=1):
-        for step in ATTENTION_TIMESTEPS:
-            noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        for step, eps in zip(ATTENTION_TIMESTEPS, noise):
             t = torch.full((latents.shape[0],), step, dtype=torch.long, device=latents.device)
             store.reset()
-            pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=context)
+            pipe.unet(scheduler.add_noise(latents, eps.to(latents.device), t), t, encoder_hidden_states=context)
             total += store.mean_maps(size, size).float().cpu()
     return total / len(ATTENTION_TIMESTEPS)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
-
-
-def attention_ious(pipe, scenes: list[Scene], seed: int) -> dict[str, list[float]]:
+def attention_ious(pipe, scenes: list[Scene], seeds: list[int]) -> dict[str, list[float]]:
     """IoU of each tracked word's thresholded (0.5 after min-max) attention map with its region, by kind."""
     tracked = [tracked_words(s) for s in scenes]
     k = max(len(t) for t in tracked)
     index = torch.tensor([[w.position for w in t] + [0] * (k - len(t)) for t in tracked])
     latents = encode_images(pipe, [s.image for s in scenes])
     context = encode_captions(pipe, [s.caption for s in scenes])
-    maps = mean_attention(pipe, latents, context, index, seed)
+    maps = mean_attention(pipe, latents, context, index, scene_noise(seeds, tuple(latents.shape[1:])))
     binary = (resize_maps(normalize_minmax(maps), SIZE, SIZE) > 0.5).numpy()
     ious: dict[str, list[float]] = {}
     for b, words in enumerate(tracked):
@@ -190,14 +177,18 @@ def attention_ious(pipe, scenes: list[Scene], seed: int) -> dict[str, list[float
 
 def attention_gate(pipe, n: int, batch: int) -> tuple[list[Gate], dict[str, float]]:
     """Gate a: mean IoU by word kind on n two-object scenes."""
-    scenes = [sample_scene(ATTENTION_SEEDS + i, n_objects=2) for i in range(n)]
+    seeds = [ATTENTION_SEEDS + i for i in range(n)]
+    scenes = [sample_scene(seed, n_objects=2) for seed in seeds]
     check_one_token_per_word(pipe.tokenizer, scenes[0].caption)
     ious: dict[str, list[float]] = {}
-    for i, chunk in enumerate(batches(scenes, batch)):
-        for kind, values in attention_ious(pipe, chunk, seed=ATTENTION_SEEDS + i).items():
+    for chunk, chunk_seeds in zip(batches(scenes, batch), batches(seeds, batch)):
+        for kind, values in attention_ious(pipe, chunk, chunk_seeds).items():
             ious.setdefault(kind, []).extend(values)
     means = {kind: float(np.mean(v)) for kind, v in ious.items()}
-    gates = [Gate("attention IoU, shape words", means.get(SHAPE, 0.0), 0.55), Gate('attention IoU, "background"', means.get(BACKGROUND, 0.0), 0.80)]
+    gates = [
+        Gate("attention IoU, shape words", means.get(SHAPE, 0.0), 0.55),
+        Gate('attention IoU, "background"', means.get(BACKGROUND, 0.0), 0.80),
+    ]
     return gates, {f"{kind} (n={len(ious[kind])})": means[kind] for kind in (SHAPE, GENERIC, COLOR, BG_COLOR, BACKGROUND) if kind in ious}
 
 
@@ -226,7 +217,8 @@ def held_out_prompts(n: int, seed: int = PROMPT_SEED) -> list[Prompt]:
 
 
 def generate(pipe, prompts: list[Prompt], guidance: float, batch: int) -> list[Image.Image]:
-    """One 64x64 sample per prompt, 30 steps; batch i uses generator seed PROMPT_SEED + i."""
+    """One 64x64 sample per prompt, 30 steps; batch i uses generator seed PROMPT_SEED + i (so the
+    samples depend on the batch size)."""
     images: list[Image.Image] = []
     for i, chunk in enumerate(batches(prompts, batch)):
         out = pipe(
@@ -240,12 +232,6 @@ def generate(pipe, prompts: list[Prompt], guidance: float, batch: int) -> list[I
         )
         images.extend(out.images)
     return images
-
-
-def sample_is_right(image: Image.Image, prompt: Prompt) -> bool:
-    """The recogniser finds the prompt's shape in its colour on its background colour."""
-    reading = recognise(image)
-    return contains(reading, [prompt.color], prompt.shape) and background_is(reading, [prompt.background])
 
 
 def grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
@@ -262,11 +248,12 @@ def sample_gate(pipe, n: int, guidance: float, batch: int, grid_path: Path) -> t
     """Gate b: the share of samples the recogniser reads as their prompt; saves a grid of the first ones."""
     prompts = held_out_prompts(n)
     images = generate(pipe, prompts, guidance, batch)
-    right = [sample_is_right(im, p) for im, p in zip(images, prompts)]
     grid(images[:GRID_SAMPLES]).save(grid_path)
     readings = [recognise(im) for im in images]
+    background = [background_is(r, [p.background]) for r, p in zip(readings, prompts)]
+    right = [ok and contains(r, [p.color], p.shape) for ok, r, p in zip(background, readings, prompts)]
     details = {
-        "background colour right": float(np.mean([background_is(r, [p.background]) for r, p in zip(readings, prompts)])),
+        "background colour right": float(np.mean(background)),
         "object colour present (any shape)": float(np.mean([contains(r, [p.color]) for r, p in zip(readings, prompts)])),
         "exactly one object read": float(np.mean([len(r.objects) == 1 for r in readings])),
     }
@@ -299,7 +286,9 @@ def recogniser_gate(n: int) -> tuple[list[Gate], dict[str, float]]:
         scene = sample_scene(RECOGNISER_SEEDS + i, n_objects=1)
         reading = recognise(scene.image)
         obj = scene.objects[0]
-        right.append(len(reading.objects) == 1 and contains(reading, obj.colors, obj.shape) and background_is(reading, scene.background_colors))
+        right.append(
+            len(reading.objects) == 1 and contains(reading, obj.colors, obj.shape) and background_is(reading, scene.background_colors)
+        )
     return [Gate("recogniser, 1-object scenes", float(np.mean(right)), 0.98)], {}
 
 
@@ -312,9 +301,11 @@ def _number(value: float, unit: str = "") -> str:
 
 def report(command: str, model: Path, gates: list[Gate], details: dict[str, dict[str, float]], seconds: float) -> str:
     """The markdown report: command, gate table, then the other measurements per gate."""
-    lines = [f"`{command}`", "", f"Model: `{model}`  ", f"Time: {seconds:.0f} s", ""]
+    lines = ["# Built-in model gates", "", f"Produced by `{command}`.", "", f"Model: `{model}`; {seconds:.0f} s.", ""]
     lines += ["| gate | measured | target | result |", "|---|---|---|---|"]
-    lines += [f"| {g.name} | {_number(g.measured, g.unit)} | >= {_number(g.target, g.unit)} | {'pass' if g.passed else 'FAIL'} |" for g in gates]
+    lines += [
+        f"| {g.name} | {_number(g.measured, g.unit)} | >= {_number(g.target, g.unit)} | {'pass' if g.passed else 'FAIL'} |" for g in gates
+    ]
     for section, values in details.items():
         if values:
             lines += ["", f"**{section}**", ""] + [f"- {name}: {value:.3f}" for name, value in values.items()]
@@ -323,11 +314,15 @@ def report(command: str, model: Path, gates: list[Gate], details: dict[str, dict
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=default_model(), help="diffusers StableDiffusionPipeline folder (default: the built-in model)")
+    ap.add_argument(
+        "--model", type=Path, default=default_model(), help="diffusers StableDiffusionPipeline folder (default: the built-in model)"
+    )
     ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale of the samples")
     ap.add_argument("--quick", action="store_true", help="20 scenes / prompts per gate (smoke test)")
     ap.add_argument("--batch", type=int, default=50, help="scenes or prompts per model call")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder for model_gates.md and model_samples.png")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder for model_gates.md and model_samples.png"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -348,7 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     details: dict[str, dict[str, float]] = {}
     steps = {
         f"a. attention, mean IoU by word kind ({n_attention} two-object scenes)": lambda: attention_gate(pipe, n_attention, args.batch),
-        f"b. samples ({n_prompts} prompts; grid: model_samples.png)": lambda: sample_gate(pipe, n_prompts, args.guidance, args.batch, args.out / "model_samples.png"),
+        f"b. samples ({n_prompts} prompts; grid: model_samples.png)": lambda: sample_gate(
+            pipe, n_prompts, args.guidance, args.batch, args.out / "model_samples.png"
+        ),
         f"c. VAE ({n_vae} scenes)": lambda: vae_gate(pipe, n_vae, args.batch),
         f"d. recogniser ({n_recogniser} rendered one-object scenes)": lambda: recogniser_gate(n_recogniser),
     }
@@ -356,7 +353,10 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         section_gates, details[section] = run()
         gates += section_gates
-        print(f"[{time.time() - start:.0f} s] {section}: " + ", ".join(f"{g.name} {_number(g.measured, g.unit)}" for g in section_gates), file=sys.stderr)
+        print(
+            f"[{time.time() - start:.0f} s] {section}: " + ", ".join(f"{g.name} {_number(g.measured, g.unit)}" for g in section_gates),
+            file=sys.stderr,
+        )
     text = report(command, args.model, gates, details, time.time() - t0)
     (args.out / "model_gates.md").write_text(text)
     print(text)

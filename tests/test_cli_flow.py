@@ -88,3 +88,19 @@ def test_exports_load_in_stock_diffusers(tmp_path, tiny_model, scene_files):
     z, t = torch.randn(1, 4, 16, 16), torch.tensor([300])
     with torch.no_grad():
         assert torch.allclose(stock.unet(z, t, encoder_hidden_states=a).sample, ours.unet(z, t, encoder_hidden_states=b).sample, atol=1e-5)
+
+
+def test_evaluate_reports_iou_per_estep(tmp_path, tiny_model, scene_files):
+    proj = make_project(tmp_path, tiny_model, scene_files)
+    assert cf("learn", proj, "--em-steps", "4", "--joint-steps", "0", "-q").exit_code == 0
+    plot = tmp_path / "iou.png"
+    r = cf("evaluate", proj, "--json", "--plot", plot, "-n", "2", "--steps", "1")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    tokens = {c["token"] for c in result["masks"]["concepts"]}
+    assert tokens == {"<v1>", "<v2>"}  # the concepts with a GT mask
+    for c in result["masks"]["concepts"]:
+        assert c["steps"][0] == 0 and len(c["steps"]) == len(c["iou"]) >= 2
+        assert all(0.0 <= v <= 1.0 for v in c["iou"])
+    assert "clip" in result["skipped"]  # no local CLIP weights for a non-built-in model
+    assert Image.open(plot).size == (640, 400)

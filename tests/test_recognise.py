@@ -34,7 +34,9 @@ def test_single_object_scenes_are_read_exactly():
 
 
 def test_two_tone_object_and_background():
-    scene = next(s for seed in range(500_000, 500_200) if (s := sample_scene(seed, n_objects=1)).objects[0].second_color and s.background_second)
+    scene = next(
+        s for seed in range(500_000, 500_200) if (s := sample_scene(seed, n_objects=1)).objects[0].second_color and s.background_second
+    )
     reading = recognise(scene.image)
     obj = scene.objects[0]
     assert contains(reading, obj.colors, obj.shape)

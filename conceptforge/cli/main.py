@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import concepts, generate, init, learn, masks
+from . import concepts, evaluate, export, generate, init, learn, masks
 
 app = typer.Typer(
     name="conceptforge",
@@ -19,6 +19,8 @@ app.command("concepts")(concepts.list_command)
 app.command("learn")(learn.learn_command)
 app.command("masks")(masks.masks_command)
 app.command("generate")(generate.generate_command)
+app.command("export")(export.export_command)
+app.command("evaluate")(evaluate.evaluate_command)
 
 
 def run() -> None:

@@ -7,8 +7,8 @@ only inside its run folder (plus the exported concepts at the end).
 
 from __future__ import annotations
 
-import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -80,6 +80,7 @@ class Learner:
         self.soft: dict[tuple[int, str], np.ndarray] = {}
         self.iteration = -1
         self.converged = False
+        self.timing: dict[str, float] = {"em_seconds": 0.0, "estep_seconds": 0.0, "joint_seconds": 0.0, "em_steps_timed": 0, "joint_steps_timed": 0}
 
     # -- set-up --------------------------------------------------------------
     def _setup(self) -> None:
@@ -345,19 +346,24 @@ class Learner:
             self._run_phase("joint", step, cfg.joint_steps)
         paths = export_concepts(self.project.concepts_dir, self)
         self.run.set_state(status="finished")
-        result = {"run": self.run.id, "iterations": self.iteration, "converged": self.converged, "exported": [str(p) for p in paths]}
+        result = {"run": self.run.id, "iterations": self.iteration, "converged": self.converged, "exported": [str(p) for p in paths], "timing": self.timing}
         self.emit(Event("done", data=result))
         return result
 
     def _run_phase(self, phase: str, step: int, total: int) -> int:
         cfg = self.cfg
         while step < total:
+            started = time.perf_counter()
             losses = self._train_step()
+            self.timing[f"{phase}_seconds"] += time.perf_counter() - started
+            self.timing[f"{phase}_steps_timed"] += 1
             step += 1
             append_jsonl(self.run.metrics_path, {"kind": "step", "phase": phase, "step": step, **{k: round(v, 6) for k, v in losses.items()}})
             self.emit(Event("step", phase, step, total, losses))
             if phase == "em" and self._estep_due(step):
+                started = time.perf_counter()
                 self._estep(step, cfg.mask_timesteps)
+                self.timing["estep_seconds"] += time.perf_counter() - started
             if step % cfg.checkpoint_every == 0 or step == total:
                 save_checkpoint(self.run.checkpoints_dir, self._state(phase, step))
                 self.emit(Event("checkpoint", phase, step, total))

@@ -23,9 +23,9 @@ words, to score generated images and to check itself against rendered scenes:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Iterable
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -46,6 +46,7 @@ RIM_CORE_SHARE = 0.2  # parts with less of their area left after a 3x3 erosion a
 MIN_OBJECT = 30  # smaller objects are ignored
 TWO_TONE_FIT = 0.7  # a two-tone union must fit a template at least this well
 SPLIT_AGREEMENT = 0.9  # ... and its colours must be this separable by a line through its centre
+MAX_EXHAUSTIVE_PAIRS = 12  # two-tone candidate pairs beyond which the matching is greedy
 RADIUS_RANGE = (7.0, 17.0)  # template radii searched (the world draws 8..15)
 REFINED_STARTS = 2  # of the initial placements of a template, the best few are refined
 HIDDEN_WEIGHT = 0.25  # cost of a template pixel that another object may hide, relative to a visible miss
@@ -117,7 +118,9 @@ def classify_pixels(rgb: np.ndarray) -> np.ndarray:
 
 def _core_presence(labels: np.ndarray) -> np.ndarray:
     """(n_colors, H, W): whether a region core (a uniform 3x3 patch) of each colour lies within reach."""
-    uniform = (ndimage.maximum_filter(labels, size=3, mode="nearest") == ndimage.minimum_filter(labels, size=3, mode="nearest")) & (labels != UNKNOWN)
+    uniform = (ndimage.maximum_filter(labels, size=3, mode="nearest") == ndimage.minimum_filter(labels, size=3, mode="nearest")) & (
+        labels != UNKNOWN
+    )
     return np.stack([ndimage.maximum_filter(uniform & (labels == k), size=BLEND_REACH, mode="constant") for k in range(len(PALETTE))])
 
 
@@ -185,7 +188,7 @@ def _unit(shape: str, size: int = 1000, r: float = 400.0) -> _Unit:
 UNITS: dict[str, _Unit] = {s: _unit(s) for s in SHAPES}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stamp(shape: str, fx: int, fy: int, qr: int) -> np.ndarray:
     """A template on a small square canvas, centred at (half + fx/4, half + fy/4), radius qr/4 (cached)."""
     half = math.ceil(qr / 4) + 2
@@ -311,7 +314,7 @@ class _Region:
     def area(self) -> int:
         return int(sum(m.sum() for m in self.parts.values()))
 
-    def joined(self, other: "_Region") -> "_Region":
+    def joined(self, other: _Region) -> _Region:
         parts = dict(self.parts)
         for color, m in other.parts.items():
             parts[color] = parts[color] | m if color in parts else m
@@ -352,18 +355,20 @@ def find_parts(labels: np.ndarray, background: list[int]) -> list[_Region]:
 
 
 def best_matching(gains: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
-    """Disjoint pairs with the most pairs, then the highest total gain (exhaustive; few candidates)."""
+    """Disjoint pairs: the most pairs, then the highest total gain (exhaustive search over a few
+    candidates; greedy by gain beyond MAX_EXHAUSTIVE_PAIRS)."""
     if not gains:
         return []
-    (i, j), gain = max(gains.items(), key=lambda kv: kv[1])
-    without = best_matching({k: g for k, g in gains.items() if k != (i, j)})
+    (i, j), _ = max(gains.items(), key=lambda kv: kv[1])
     rest = best_matching({k: g for k, g in gains.items() if i not in k and j not in k})
-    with_pair = [(i, j)] + rest
+    if len(gains) > MAX_EXHAUSTIVE_PAIRS:
+        return [(i, j)] + rest
+    without = best_matching({k: g for k, g in gains.items() if k != (i, j)})
 
     def value(pairs: list[tuple[int, int]]) -> tuple[int, float]:
         return len(pairs), sum(gains[p] for p in pairs)
 
-    return max(with_pair, without, key=value)
+    return max([(i, j)] + rest, without, key=value)
 
 
 def _touching(a: np.ndarray, b: np.ndarray) -> bool:

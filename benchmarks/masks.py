@@ -1,0 +1,200 @@
+"""Mask benchmark on the built-in world: EM vs the one-shot baseline vs GT masks.
+
+For held-out scenes with 2-3 objects, one concept per object and one for the
+background, learn each scene with `masks: em`, `masks: fixed`, `masks: given`
+and EM without DenseCRF at equal step budgets; report mean IoU with the exact
+masks per E-step, final mean IoU, seconds per EM-phase step (E-steps
+included) as a ratio to `fixed`, and concept fidelity of generated images.
+
+    python benchmarks/masks.py [--scenes 12] [--samples 2] [--quick]
+
+Writes benchmarks/results/masks.md and masks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conceptforge.engine.backbone import pick_device, resolve_source  # noqa: E402
+from conceptforge.engine.evaluate import builtin_fidelity, builtin_identities, iou_curves  # noqa: E402
+from conceptforge.engine.generate import load_concept_pipeline  # noqa: E402
+from conceptforge.engine.learn import learn_project  # noqa: E402
+from conceptforge.engine.runs import find_run  # noqa: E402
+from conceptforge.project import Project  # noqa: E402
+from conceptforge.shapes.world import sample_scene  # noqa: E402
+
+SEED_BASE = 800_000
+MODES = {
+    "em": {"masks": "em"},
+    "fixed": {"masks": "fixed"},
+    "given": {"masks": "given"},
+    "em-no-crf": {"masks": "em", "crf": False},
+}
+
+
+def scene_seeds(n: int) -> list[int]:
+    """Held-out seeds whose scenes have 2-3 objects."""
+    seeds, s = [], SEED_BASE
+    while len(seeds) < n:
+        if len(sample_scene(s).objects) >= 2:
+            seeds.append(s)
+        s += 1
+    return seeds
+
+
+def make_scene_project(root: Path, seed: int) -> Path:
+    scene = sample_scene(seed)
+    if root.exists():
+        shutil.rmtree(root)
+    project = Project.create(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        img = t / f"scene{seed}.png"
+        scene.image.save(img)
+        for k, obj in enumerate(scene.objects):
+            mask = t / f"o{k}.png"
+            Image.fromarray((obj.mask * 255).astype(np.uint8)).save(mask)
+            project.add_concept(img, f"<o{k}>", init="shape", gt_mask=mask)
+        mask = t / "bg.png"
+        Image.fromarray((scene.background_mask * 255).astype(np.uint8)).save(mask)
+        project.add_concept(img, "<bg>", init="background", background=True, gt_mask=mask)
+    return root
+
+
+def run_mode(root: Path, overrides: dict, samples: int, steps: int) -> dict:
+    result = learn_project(root, dict(overrides), resume=False)
+    project = Project.load(root)
+    run = find_run(project.runs_dir, result["run"])
+    curves = iou_curves(run)
+    out = {"curves": curves, "timing": result["timing"]}
+    if samples:
+        pipe, _ = load_concept_pipeline(resolve_source(project.model), project.concepts_dir, pick_device("auto"))
+        out["fidelity"] = builtin_fidelity(pipe, builtin_identities(project, run), samples, steps, 5.0, 0)
+    return out
+
+
+def per_step_curve(records: list[dict]) -> tuple[list[int], list[float]]:
+    """Mean IoU over all concepts of all scenes at each E-step step (carried forward)."""
+    steps = sorted({s for r in records for c in r["curves"]["concepts"] for s in c["steps"]})
+    means = []
+    for s in steps:
+        vals = []
+        for r in records:
+            for c in r["curves"]["concepts"]:
+                past = [v for st, v in zip(c["steps"], c["iou"]) if st <= s]
+                vals.append(past[-1])
+        means.append(float(np.mean(vals)))
+    return steps, means
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=12)
+    ap.add_argument("--samples", type=int, default=2, help="samples per prompt template for fidelity (0: skip)")
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--em-steps", type=int, default=None)
+    ap.add_argument("--joint-steps", type=int, default=None)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "masks.md")
+    ap.add_argument("--quick", action="store_true", help="3 scenes, 1 sample: a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.scenes, args.samples = 3, 1
+    import torch
+
+    torch.set_num_threads(2)
+    modes = [m for m in args.modes.split(",") if m]
+    seeds = scene_seeds(args.scenes)
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    t0 = time.time()
+    for seed in seeds:
+        for mode in modes:
+            root = make_scene_project(args.work / f"{seed}-{mode}", seed)
+            overrides = dict(MODES[mode], em_steps=args.em_steps, joint_steps=args.joint_steps)
+            r = run_mode(root, overrides, args.samples, args.sample_steps)
+            results[mode].append(r)
+            fid = r.get("fidelity", {}).get("mean_fidelity")
+            print(f"[{time.time() - t0:6.0f}s] scene {seed} {mode:10s} IoU {r['curves']['mean_first']:.3f} -> {r['curves']['mean_final']:.3f}" + (f" fidelity {fid:.2f}" if fid is not None else ""), flush=True)
+    write_report(args, seeds, modes, results)
+
+
+def write_report(args, seeds: list[int], modes: list[str], results: dict[str, list[dict]]) -> None:
+    lines = [
+        "# Mask benchmark on the built-in world",
+        "",
+        f"Produced by `python benchmarks/masks.py --scenes {args.scenes} --samples {args.samples}`"
+        + (f" --em-steps {args.em_steps}" if args.em_steps else "") + (f" --joint-steps {args.joint_steps}" if args.joint_steps else "") + ".",
+        "",
+        f"{len(seeds)} held-out scenes (seeds {seeds[0]}-{seeds[-1]}, 2-3 objects each), one concept per object plus one for the background; every mode has the same step budget.",
+        "",
+        "| mode | mean IoU at E-step 0 | final mean IoU | concept fidelity | diversity | s/step (EM phase, E-steps included) | ratio to fixed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    per_step = {}
+    fixed_rate = None
+    rates = {}
+    for m in modes:
+        t = [r["timing"] for r in results[m]]
+        rates[m] = sum(x["em_seconds"] + x["estep_seconds"] for x in t) / max(1, sum(x["em_steps_timed"] for x in t))
+    fixed_rate = rates.get("fixed")
+    summary = {}
+    for m in modes:
+        rs = results[m]
+        first = float(np.mean([r["curves"]["mean_first"] for r in rs]))
+        final = float(np.mean([r["curves"]["mean_final"] for r in rs]))
+        fids = [r["fidelity"]["mean_fidelity"] for r in rs if "fidelity" in r]
+        divs = [r["fidelity"]["mean_diversity"] for r in rs if "fidelity" in r]
+        fid = float(np.mean(fids)) if fids else None
+        div = float(np.mean(divs)) if divs else None
+        ratio = rates[m] / fixed_rate if fixed_rate else None
+        summary[m] = {"first": first, "final": final, "fidelity": fid, "diversity": div, "s_per_step": rates[m], "ratio": ratio}
+        lines.append(
+            f"| {m} | {first:.3f} | {final:.3f} | {'-' if fid is None else f'{fid:.3f}'} | {'-' if div is None else f'{div:.3f}'} | {rates[m]:.3f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+        )
+        per_step[m] = per_step_curve(rs)
+    lines += ["", "## Mean IoU per E-step (all concepts of all scenes; a concept keeps its last mask between E-steps)", ""]
+    for m in modes:
+        steps, means = per_step[m]
+        lines.append(f"- {m}: " + ", ".join(f"step {s}: {v:.3f}" for s, v in zip(steps, means)))
+    lines += ["", "## Targets", ""]
+    if "em" in summary and "fixed" in summary:
+        em, fx = summary["em"], summary["fixed"]
+        lines.append(f"- EM final IoU exceeds fixed by >= 0.05: {em['final'] - fx['final']:+.3f} ({'met' if em['final'] - fx['final'] >= 0.05 else 'missed'})")
+        if em["fidelity"] is not None and fx["fidelity"] is not None:
+            lines.append(f"- EM fidelity >= fixed: {em['fidelity']:.3f} vs {fx['fidelity']:.3f} ({'met' if em['fidelity'] >= fx['fidelity'] else 'missed'})")
+        if em["ratio"] is not None:
+            lines.append(f"- EM cost per step <= 1.25x fixed: {em['ratio']:.2f}x ({'met' if em['ratio'] <= 1.25 else 'missed'})")
+    if "em" in summary and "given" in summary and summary["given"]["fidelity"]:
+        lines.append(f"- EM fidelity >= 0.85 of given: {summary['em']['fidelity'] / summary['given']['fidelity']:.2f} ({'met' if summary['em']['fidelity'] >= 0.85 * summary['given']['fidelity'] else 'missed'})")
+    if "em" in summary and "em-no-crf" in summary:
+        d = summary["em"]["final"] - summary["em-no-crf"]["final"]
+        lines.append(f"- DenseCRF adds IoU: {d:+.3f} ({'met' if d > 0 else 'missed'})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    (args.out.with_suffix(".json")).write_text(json.dumps({"seeds": seeds, "summary": summary, "per_step": per_step}, indent=2))
+    plot_modes(per_step, args.out.with_suffix(".png"))
+    print("\n".join(lines))
+
+
+def plot_modes(per_step: dict, out: Path) -> None:
+    from conceptforge.engine.evaluate import plot_curves
+
+    curves = {"concepts": [{"image": "mean", "token": m, "steps": s, "iou": v} for m, (s, v) in per_step.items()]}
+    plot_curves(curves, out, "mean mask IoU with GT per E-step, by mode")
+
+
+if __name__ == "__main__":
+    main()
