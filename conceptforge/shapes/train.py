@@ -80,6 +80,42 @@ def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int, samp
     return vae
 
 
+def finetune_decoder(vae, work: Path, steps: int, batch: int, n_scenes: int, seed: int):
+    """Sharpen the decoder with the encoder frozen: the latent space (and so the
+    UNet's training data) stays exactly as it is, reconstructions improve."""
+    ckpt = work / "decoder.pt"
+    start = 0
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    if start >= steps:
+        return vae
+    images = torch.stack([image_tensor(s.image) for s in render(scene_seeds(n_scenes, base=2_000_000))])
+    gen = torch.Generator().manual_seed(seed + 7 + start)
+    t0 = time.time()
+    for step in range(start, steps):
+        for g in opt.param_groups:
+            g["lr"] = 5e-4 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = images[torch.randint(0, len(images), (batch,), generator=gen)]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
+            _log(f"decoder step {step+1}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+    return vae
+
+
 @torch.no_grad()
 def cache_latents(vae, work: Path, n_scenes: int, latent_size: int):
     path = work / "latents.pt"
@@ -207,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=2300)
     ap.add_argument("--vae-sample-steps", type=int, default=1500, help="VAE steps that decode a posterior sample before decoding the mean")
-    ap.add_argument("--unet-steps", type=int, default=14000)
+    ap.add_argument("--decoder-steps", type=int, default=3000, help="decoder-only steps (encoder frozen) after the VAE")
+    ap.add_argument("--stage", choices=["all", "decoder"], default="all", help="decoder: only the decoder fine-tune, which can run beside the UNet stage")
+    ap.add_argument("--unet-steps", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=40000)
     ap.add_argument("--attn-weight", type=float, default=0.1)
@@ -222,9 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer(args.work / "tokenizer")
     vae = train_vae(args.work, args.vae_steps, 16, min(args.scenes, 8000), args.seed, args.vae_sample_steps)
     t_vae = time.time() - t0
-    data = cache_latents(vae, args.work, args.scenes, latent_size=16)
+    if args.stage == "decoder":  # runs beside the UNet stage: it does not change the latents
+        finetune_decoder(vae, args.work, args.decoder_steps, 16, min(args.scenes, 8000), args.seed)
+        return
+    data = cache_latents(vae, args.work, args.scenes, latent_size=16)  # the encoder only
     _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")
     unet, text_encoder, ema = train_unet(args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr)
+    vae = finetune_decoder(vae, args.work, args.decoder_steps, 16, min(args.scenes, 8000), args.seed)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     meta["seconds_this_invocation"] = round(time.time() - t0, 1)
     meta["seconds_vae_this_invocation"] = round(t_vae, 1)
