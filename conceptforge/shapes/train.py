@@ -142,7 +142,7 @@ def cache_latents(vae, work: Path, n_scenes: int, latent_size: int):
     return data
 
 
-def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: int, attn_weight: float, lr: float):
+def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: int, attn_weight: float, lr: float, export_only: bool = False):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -161,7 +161,7 @@ def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: 
         opt.load_state_dict(state["opt"])
         ema = state["ema"]
         start = state["step"]
-    if start >= steps:
+    if start >= steps or export_only:
         return unet, text_encoder, ema
     noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_kwargs().items() if k != "set_alpha_to_one"})
     ids_all = tokenizer(data["captions"], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-sample-steps", type=int, default=1500, help="VAE steps that decode a posterior sample before decoding the mean")
     ap.add_argument("--decoder-steps", type=int, default=3000, help="decoder-only steps (encoder frozen) after the VAE")
     ap.add_argument("--stage", choices=["all", "decoder"], default="all", help="decoder: only the decoder fine-tune, which can run beside the UNet stage")
-    ap.add_argument("--unet-steps", type=int, default=10000)
+    ap.add_argument("--unet-steps", type=int, default=8000)
+    ap.add_argument("--export-only", action="store_true", help="write the model from the checkpoints as they are (no training)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=40000)
     ap.add_argument("--attn-weight", type=float, default=0.1)
@@ -265,8 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     data = cache_latents(vae, args.work, args.scenes, latent_size=16)  # the encoder only
     _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")
-    unet, text_encoder, ema = train_unet(args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr)
-    vae = finetune_decoder(vae, args.work, args.decoder_steps, 16, min(args.scenes, 8000), args.seed)
+    unet, text_encoder, ema = train_unet(args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr, args.export_only)
+    if not args.export_only or (args.work / "decoder.pt").exists():
+        vae = finetune_decoder(vae, args.work, 0 if args.export_only else args.decoder_steps, 16, min(args.scenes, 8000), args.seed)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     meta["seconds_this_invocation"] = round(time.time() - t0, 1)
     meta["seconds_vae_this_invocation"] = round(t_vae, 1)
