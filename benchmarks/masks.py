@@ -66,7 +66,7 @@ def make_scene_project(root: Path, seed: int) -> Path:
         for k, obj in enumerate(scene.objects):
             mask = t / f"o{k}.png"
             Image.fromarray((obj.mask * 255).astype(np.uint8)).save(mask)
-            project.add_concept(img, f"<o{k}>", init="shape", gt_mask=mask)
+            project.add_concept(img, f"<o{k}>", init=obj.shape, gt_mask=mask)
         mask = t / "bg.png"
         Image.fromarray((scene.background_mask * 255).astype(np.uint8)).save(mask)
         project.add_concept(img, "<bg>", init="background", background=True, gt_mask=mask)

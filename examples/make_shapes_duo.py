@@ -38,8 +38,8 @@ def build(out: Path) -> Project:
         t = Path(tmp)
         first.image.save(t / "first.png")
         second.image.save(t / "second.png")
-        project.add_concept(t / "first.png", "<v1>", init="shape", gt_mask=_save_mask(first.objects[0].mask, t / "v1.png"))
-        project.add_concept(t / "second.png", "<v2>", init="shape", gt_mask=_save_mask(second.objects[0].mask, t / "v2.png"))
+        project.add_concept(t / "first.png", "<v1>", init="triangle", gt_mask=_save_mask(first.objects[0].mask, t / "v1.png"))
+        project.add_concept(t / "second.png", "<v2>", init="heart", gt_mask=_save_mask(second.objects[0].mask, t / "v2.png"))
         project.add_concept(t / "second.png", "<v3>", init="background", background=True, gt_mask=_save_mask(second.background_mask, t / "v3.png"))
     return project
 

@@ -104,3 +104,16 @@ def test_evaluate_reports_iou_per_estep(tmp_path, tiny_model, scene_files):
         assert all(0.0 <= v <= 1.0 for v in c["iou"])
     assert "clip" in result["skipped"]  # no local CLIP weights for a non-built-in model
     assert Image.open(plot).size == (640, 400)
+
+
+def test_one_token_from_several_images(tmp_path, tiny_model, scene_files):
+    proj = make_project(tmp_path, tiny_model, scene_files)
+    r = cf("add-concept", proj, scene_files["b"], "--token", "<v1>", "--gt-mask", scene_files["b0"])
+    assert r.exit_code == 0, r.output
+    again = cf("add-concept", proj, scene_files["a"], "--token", "<v4>")  # same content: stored once
+    assert again.exit_code == 0
+    assert sorted(p.name for p in (proj / "images").glob("*.png") if ".gt." not in p.name) == ["first.png", "second.png"]
+    assert cf("learn", proj, "--em-steps", "2", "--joint-steps", "0", "-q").exit_code == 0
+    run = next(p for p in (proj / "runs").iterdir() if p.is_dir())
+    assert (run / "masks/iter_0000/first/v1.png").is_file() and (run / "masks/iter_0000/second/v1.png").is_file()
+    assert sorted(p.name for p in (proj / "concepts").glob("*.safetensors")) == ["v1.safetensors", "v2.safetensors", "v3.safetensors", "v4.safetensors"]

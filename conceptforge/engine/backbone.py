@@ -51,6 +51,11 @@ def resolve_source(spec: str, config: str | None = None, base: Path | None = Non
             raise InputError(f"The model file {path} does not exist.")
         if cfg is not None and not (cfg / "model_index.json").is_file():
             raise InputError(f"The model config folder {cfg} has no model_index.json.")
+        if cfg is None and _offline():
+            raise InputError(
+                f"Offline, the single-file model {path.name} needs --model-config DIR, a local diffusers folder of the same "
+                "architecture (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
+            )
         return ModelSource(spec, "single_file", path.resolve(), cfg.resolve() if cfg else None)
     if path.exists() or spec.startswith((".", "/", "~")):
         raise InputError(f"The model {spec} is neither a diffusers folder nor a .safetensors/.ckpt file.")
@@ -89,22 +94,25 @@ def quiet_libraries() -> None:
 def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
     """A StableDiffusionPipeline (no safety checker) from any supported source."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     quiet_libraries()
     common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    label, hint = source.spec, ""
     try:
         if source.kind in ("builtin", "folder"):
             pipe = StableDiffusionPipeline.from_pretrained(str(source.path), **common)
+        elif source.kind == "single_file" and source.config is not None:
+            # every config (and the tokenizer) from the local folder, every weight from the file; never the hub
+            label = f"{source.spec} with the configs of {source.config}"
+            pipe = StableDiffusionPipeline.from_single_file(str(source.path), config=str(source.config), local_files_only=True, **common)
         elif source.kind == "single_file":
-            kwargs = dict(common)
-            if source.config is not None:
-                kwargs.update(config=str(source.config), local_files_only=True)
-            pipe = StableDiffusionPipeline.from_single_file(str(source.path), **kwargs)
+            hint = " (--model-config DIR, a local diffusers folder of the same architecture, avoids the hub)"
+            pipe = StableDiffusionPipeline.from_single_file(str(source.path), **common)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.spec, **common)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        hint = " (offline: pass --model-config DIR with a local diffusers folder of the same model)" if source.kind == "single_file" else ""
-        raise InputError(f"Could not load model {source.spec}: {_first_line(exc)}{hint}") from None
+    except (OSError, ValueError, SingleFileComponentError) as exc:
+        raise InputError(f"Could not load model {label}: {_first_line(exc)}{hint}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -117,6 +125,13 @@ def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA device is available.")
     return torch.device(requested)
+
+
+def _offline() -> bool:
+    """Whether the Hugging Face hub is off (HF_HUB_OFFLINE), as diffusers and transformers see it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _first_line(exc: BaseException) -> str:

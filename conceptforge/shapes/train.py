@@ -86,7 +86,7 @@ def finetune_decoder(vae, work: Path, steps: int, batch: int, n_scenes: int, see
     ckpt = work / "decoder.pt"
     start = 0
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["model"])
@@ -99,7 +99,7 @@ def finetune_decoder(vae, work: Path, steps: int, batch: int, n_scenes: int, see
     t0 = time.time()
     for step in range(start, steps):
         for g in opt.param_groups:
-            g["lr"] = 5e-4 * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
         x = images[torch.randint(0, len(images), (batch,), generator=gen)]
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=2300)
     ap.add_argument("--vae-sample-steps", type=int, default=1500, help="VAE steps that decode a posterior sample before decoding the mean")
-    ap.add_argument("--decoder-steps", type=int, default=3000, help="decoder-only steps (encoder frozen) after the VAE")
+    ap.add_argument("--decoder-steps", type=int, default=7000, help="decoder-only steps (encoder frozen) after the VAE")
     ap.add_argument("--stage", choices=["all", "decoder"], default="all", help="decoder: only the decoder fine-tune, which can run beside the UNet stage")
     ap.add_argument("--unet-steps", type=int, default=8000)
     ap.add_argument("--export-only", action="store_true", help="write the model from the checkpoints as they are (no training)")
