@@ -110,12 +110,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "masks.md")
     ap.add_argument("--quick", action="store_true", help="3 scenes, 1 sample: a smoke run")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.quick:
         args.scenes, args.samples = 3, 1
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
     seeds = scene_seeds(args.scenes)
     results: dict[str, list[dict]] = {m: [] for m in modes}

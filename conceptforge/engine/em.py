@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError, TrainingDiverged
 from ..fsutil import append_jsonl, write_yaml_atomic
 from ..project import Project
-from .attention import AttentionStore, capture_cross_attention, capture_factor, normalize_max
+from .attention import AttentionStore, capture_cross_attention, capture_factor, normalize_minmax
 from .backbone import ModelSource, load_pipeline, pick_device
 from .config import LearnConfig
 from .losses import attention_loss, masked_diffusion_loss
@@ -189,7 +189,9 @@ class Learner:
         records = []
         changes = []
         for i, data in enumerate(self.images):
-            maps = normalize_max(torch.from_numpy(self._attention_maps(i, n_timesteps, self.cfg.seed * 1000 + self.iteration))).numpy()
+            # min-max: attention maps have a floor (a background token's is high
+            # everywhere), which max-normalisation alone leaves above threshold
+            maps = normalize_minmax(torch.from_numpy(self._attention_maps(i, n_timesteps, self.cfg.seed * 1000 + self.iteration))).numpy()
             if self.iteration > 0 and self.cfg.masks == "em":
                 prev = np.stack([self.soft[(i, t)] for t in data.tokens])
                 maps = self.cfg.mask_momentum * prev + (1 - self.cfg.mask_momentum) * maps

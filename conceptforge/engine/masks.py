@@ -178,9 +178,14 @@ def _crf_labels(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.nda
 
 
 def _ensure_non_empty(masks: np.ndarray, thresholded: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    """Give each live concept left empty its thresholded mask (never empty: it holds the map's peak)."""
+    """Give each live concept left empty its thresholded mask (never empty: it
+    holds the map's peak), taking those pixels from the other masks wherever
+    that leaves them non-empty, so that masks overlap only as a last resort."""
     for k in np.flatnonzero(alive & ~masks.any(axis=(1, 2))):
         masks[k] = thresholded[k]
+        for j in range(len(masks)):
+            if j != k and (masks[j] & ~masks[k]).any():
+                masks[j] &= ~masks[k]
     return masks
 
 
