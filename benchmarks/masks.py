@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--em-steps", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], help="extra setting for every mode, key=value (e.g. attn_weight=0.01)")
     ap.add_argument("--joint-steps", type=int, default=None)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "masks.md")
@@ -125,6 +126,7 @@ def main() -> None:
         for mode in modes:
             root = make_scene_project(args.work / f"{seed}-{mode}", seed)
             overrides = dict(MODES[mode], em_steps=args.em_steps, joint_steps=args.joint_steps)
+            overrides.update(dict(kv.split("=", 1) for kv in args.set))
             r = run_mode(root, overrides, args.samples, args.sample_steps)
             results[mode].append(r)
             fid = r.get("fidelity", {}).get("mean_fidelity")
@@ -137,7 +139,8 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         "# Mask benchmark on the built-in world",
         "",
         f"Produced by `python benchmarks/masks.py --scenes {args.scenes} --samples {args.samples}`"
-        + (f" --em-steps {args.em_steps}" if args.em_steps else "") + (f" --joint-steps {args.joint_steps}" if args.joint_steps else "") + ".",
+        + (f" --em-steps {args.em_steps}" if args.em_steps else "") + (f" --joint-steps {args.joint_steps}" if args.joint_steps else "")
+        + "".join(f" --set {kv}" for kv in args.set) + ".",
         "",
         f"{len(seeds)} held-out scenes (seeds {seeds[0]}-{seeds[-1]}, 2-3 objects each), one concept per object plus one for the background; every mode has the same step budget.",
         "",

@@ -117,3 +117,25 @@ def test_one_token_from_several_images(tmp_path, tiny_model, scene_files):
     run = next(p for p in (proj / "runs").iterdir() if p.is_dir())
     assert (run / "masks/iter_0000/first/v1.png").is_file() and (run / "masks/iter_0000/second/v1.png").is_file()
     assert sorted(p.name for p in (proj / "concepts").glob("*.safetensors")) == ["v1.safetensors", "v2.safetensors", "v3.safetensors", "v4.safetensors"]
+
+
+def test_memory_options_run(tmp_path, tiny_model, scene_files):
+    proj = make_project(tmp_path, tiny_model, scene_files)
+    r = cf("learn", proj, "--em-steps", "2", "--joint-steps", "1", "--mixed-precision", "bf16", "--gradient-checkpointing", "-q")
+    assert r.exit_code == 0, r.output
+
+
+def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_model, scene_files, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("no bitsandbytes")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    proj = make_project(tmp_path, tiny_model, scene_files)
+    r = cf("learn", proj, "--em-steps", "1", "--optimizer", "adamw8bit", "-q")
+    assert r.exit_code == 2 and "bitsandbytes" in r.output

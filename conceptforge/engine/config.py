@@ -84,6 +84,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = dict(
     attn_weight=0.05,
     mask_every=25,
     em_warmup=50,
+    mask_momentum=0.0,  # measured: undamped E-steps gave final IoU 0.433 vs 0.399 damped (6 scenes)
     checkpoint_every=50,
 )
 

@@ -288,12 +288,16 @@ class Learner:
         diff = masked_diffusion_loss(pred, target, union)
         maps = self.store.mean_maps(self.att, self.att)
         attn = attention_loss(maps, self._mask_tensor(image, tokens, self.att, flip))
-        self.store.token_index = None
         loss = diff + cfg.attn_weight * attn
         if not torch.isfinite(loss):
             raise TrainingDiverged("The loss became NaN; the run stopped and its last good checkpoint is kept (try a lower learning rate).")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # gradient checkpointing recomputes the UNet in backward: capture must
+        # record then exactly as in forward, so the token index stays set
+        with capture_cross_attention(self.unet, self.store, self.factor):
+            loss.backward()
+        self.store.token_index = None
+        self.store.reset()
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.opt.step()
         return {"loss": loss.item(), "diffusion": diff.item(), "attention": attn.item()}
