@@ -139,3 +139,12 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_model, s
     proj = make_project(tmp_path, tiny_model, scene_files)
     r = cf("learn", proj, "--em-steps", "1", "--optimizer", "adamw8bit", "-q")
     assert r.exit_code == 2 and "bitsandbytes" in r.output
+
+
+def test_learn_many_projects_continues_past_a_failure(tmp_path, tiny_model, scene_files):
+    good = make_project(tmp_path, tiny_model, scene_files)
+    r = cf("learn", tmp_path / "missing", good, "--em-steps", "1", "--joint-steps", "0", "--json")
+    assert r.exit_code == 2
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [x["ok"] for x in lines] == [False, True]
+    assert lines[0]["exit_code"] == 2 and "does not exist" in lines[0]["error"]

@@ -43,11 +43,13 @@ def learn_command(
             results.append({"project": str(directory), "ok": True, "run": result["run"], "exported": result["exported"]})
             if not json_out:
                 _print_result(result, quiet)
-        except ConceptforgeError as exc:
-            if len(directories) == 1 or debug_enabled():
-                raise
-            results.append({"project": str(directory), "ok": False, "error": str(exc), "exit_code": exc.exit_code})
-            err_console.print(f"[bold red]error:[/] {directory}: {exc}", highlight=False)
+        except Exception as exc:  # noqa: BLE001 - one project's failure must not stop the others
+            if (len(directories) == 1 and not json_out) or debug_enabled():
+                raise  # one project: the usual one-line error from handle_errors
+            code = exc.exit_code if isinstance(exc, ConceptforgeError) else 1
+            message = str(exc) if isinstance(exc, ConceptforgeError) else f"{type(exc).__name__}: {exc}"
+            results.append({"project": str(directory), "ok": False, "error": message, "exit_code": code})
+            err_console.print(f"[bold red]error:[/] {directory}: {message}", highlight=False)
         if json_out:
             print_json(results[-1])
     failed = [r for r in results if not r["ok"]]
