@@ -124,7 +124,8 @@ def sd_worker(device: str, phase: str, checkpointing: bool, precision: str) -> d
         with capture_cross_attention(unet, store, factor=4), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
             pred = unet(z, torch.tensor([500], device=device), encoder_hidden_states=ctx).sample
         loss = masked_diffusion_loss(pred, z, mask) + 0.01 * attention_loss(store.mean_maps(16, 16), torch.ones(1, 2, 16, 16, device=device))
-        loss.backward()
+        with capture_cross_attention(unet, store, factor=4):  # checkpointing recomputes with capture, as in learn
+            loss.backward()
         opt.step()
         opt.zero_grad()
         if device == "cuda":
