@@ -38,6 +38,29 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+def _set_cosine_lr(opt: torch.optim.Optimizer, peak: float, step: int, steps: int) -> None:
+    for g in opt.param_groups:
+        g["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def _resume(ckpt: Path, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load an autoencoder checkpoint if there is one; return its step."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=False)
+    module.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    return state["step"]
+
+
+def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+
+
+def _psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
+    return 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
+
+
 def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int, sample_steps: int):
     from diffusers import AutoencoderKL
 
@@ -45,21 +68,14 @@ def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int, samp
     vae = AutoencoderKL(**vae_kwargs())
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ckpt = work / "vae.pt"
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
+    start = _resume(ckpt, vae, opt)
     if start >= steps:
         return vae
     images = torch.stack([image_tensor(s.image) for s in render(scene_seeds(n_scenes))])
     gen = torch.Generator().manual_seed(seed + start)
     t0 = time.time()
     for step in range(start, steps):
-        lr = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        _set_cosine_lr(opt, 2e-3, step, steps)
         x = images[torch.randint(0, len(images), (batch,), generator=gen)]
         post = vae.encode(x).latent_dist
         if step < sample_steps:  # a VAE: decode a posterior sample, light KL
@@ -68,13 +84,12 @@ def train_vae(work: Path, steps: int, batch: int, n_scenes: int, seed: int, samp
         else:  # then sharpen: decode the mean (the UNet trains on the means)
             rec = vae.decode(post.mean).sample
             reg = post.mean.pow(2).mean()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * reg
+        loss = _reconstruction_loss(rec, x) + 1e-4 * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
-            psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
-            _log(f"vae step {step+1}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
+            _log(f"vae step {step+1}/{steps} loss {loss.item():.4f} psnr {_psnr(rec, x):.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
         if (step + 1) % 500 == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
     return vae
@@ -84,33 +99,26 @@ def finetune_decoder(vae, work: Path, steps: int, batch: int, n_scenes: int, see
     """Sharpen the decoder with the encoder frozen: the latent space (and so the
     UNet's training data) stays exactly as it is, reconstructions improve."""
     ckpt = work / "decoder.pt"
-    start = 0
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
+    start = _resume(ckpt, vae, opt)
     if start >= steps:
         return vae
     images = torch.stack([image_tensor(s.image) for s in render(scene_seeds(n_scenes, base=2_000_000))])
     gen = torch.Generator().manual_seed(seed + 7 + start)
     t0 = time.time()
     for step in range(start, steps):
-        for g in opt.param_groups:
-            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        _set_cosine_lr(opt, 1e-3, step, steps)
         x = images[torch.randint(0, len(images), (batch,), generator=gen)]
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss = _reconstruction_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
-            psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
-            _log(f"decoder step {step+1}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
+            _log(f"decoder step {step+1}/{steps} loss {loss.item():.4f} psnr {_psnr(rec, x):.1f} ({(time.time()-t0)/(step+1-start):.2f}s/step)")
         if (step + 1) % 250 == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
     return vae
