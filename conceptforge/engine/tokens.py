@@ -68,20 +68,6 @@ class ConceptRows(torch.nn.Module):
             output = torch.where(hit, self.rows[k].to(output.dtype), output)
         return output
 
-    @torch.no_grad()
-    def write_back(self, text_encoder) -> None:
-        """Copy the learned rows into the embedding table."""
-        table = text_encoder.get_input_embeddings().weight
-        table[self.ids] = self.rows.detach().to(table.dtype)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-def concept_embeddings(text_encoder, tokenizer, tokens: list[str]) -> dict[str, torch.Tensor]:
-    table = text_encoder.get_input_embeddings().weight
-    return {t: table[tokenizer.convert_tokens_to_ids(t)].detach().float().cpu().clone() for t in tokens}
-
 
 def set_concept_embeddings(text_encoder, tokenizer, embeddings: dict[str, torch.Tensor]) -> None:
     table = text_encoder.get_input_embeddings().weight
