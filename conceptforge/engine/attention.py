@@ -121,13 +121,21 @@ def capture_factor(unet, latent_size: int, resolution: int) -> int:
     return min(available, key=lambda f: (abs(latent_size // f - resolution), f))
 
 
-@contextmanager
-def capture_cross_attention(unet, store: AttentionStore, factor: int) -> Iterator[AttentionStore]:
-    """Install capturing processors on the cross-attention layers of one factor."""
+def install_capture(unet, store: AttentionStore, factor: int) -> dict:
+    """Put capturing processors on the cross-attention layers of one factor;
+    return the processors they replaced.  They record only while
+    `store.token_index` is set, so they can stay installed."""
     original = dict(unet.attn_processors)
     chosen = {n for n, f in cross_attention_factors(unet).items() if f == factor}
     processor = CaptureAttnProcessor(store)
     unet.set_attn_processor({n: (processor if n in chosen else p) for n, p in original.items()})
+    return original
+
+
+@contextmanager
+def capture_cross_attention(unet, store: AttentionStore, factor: int) -> Iterator[AttentionStore]:
+    """Capturing processors installed for the duration of a block."""
+    original = install_capture(unet, store, factor)
     try:
         yield store
     finally:

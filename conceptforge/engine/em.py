@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError, TrainingDiverged
 from ..fsutil import append_jsonl, write_yaml_atomic
 from ..project import Project
-from .attention import AttentionStore, capture_cross_attention, capture_factor, normalize_minmax
+from .attention import AttentionStore, capture_factor, install_capture, normalize_minmax
 from .backbone import ModelSource, load_pipeline, pick_device
 from .config import LearnConfig
 from .losses import attention_loss, masked_diffusion_loss
@@ -102,6 +102,10 @@ class Learner:
         self.factor = capture_factor(self.unet, self.latent, cfg.attention_resolution)
         self.att = self.latent // self.factor
         self.store = AttentionStore()
+        # installed once for the learner's life: recording happens only while
+        # store.token_index is set, and gradient checkpointing's recomputation
+        # sees the same processors as the forward pass
+        install_capture(self.unet, self.store, self.factor)
         self.images = [self._prepare(i) for i in range(len(self.project.images))]
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -169,17 +173,16 @@ class Learner:
         z = data.latents[False]
         total = torch.zeros(len(data.tokens), self.att, self.att)
         chunk = 8
-        with capture_cross_attention(self.unet, self.store, self.factor):
-            for start in range(0, n_timesteps, chunk):
-                t = ts[start : start + chunk].to(self.device)
-                b = len(t)
-                noise = torch.randn((b,) + tuple(z.shape[1:]), generator=gen).to(self.device)
-                zt = self.scheduler.add_noise(z.expand(b, -1, -1, -1), noise, t)
-                self.store.reset()
-                self.store.token_index = positions.expand(b, -1)
-                with self._autocast():
-                    self.unet(zt, t, encoder_hidden_states=ctx.expand(b, -1, -1))
-                total += self.store.mean_maps(self.att, self.att).float().sum(dim=0).cpu()
+        for start in range(0, n_timesteps, chunk):
+            t = ts[start : start + chunk].to(self.device)
+            b = len(t)
+            noise = torch.randn((b,) + tuple(z.shape[1:]), generator=gen).to(self.device)
+            zt = self.scheduler.add_noise(z.expand(b, -1, -1, -1), noise, t)
+            self.store.reset()
+            self.store.token_index = positions.expand(b, -1)
+            with self._autocast():
+                self.unet(zt, t, encoder_hidden_states=ctx.expand(b, -1, -1))
+            total += self.store.mean_maps(self.att, self.att).float().sum(dim=0).cpu()
         self.store.token_index = None
         return (total / n_timesteps).numpy()
 
@@ -199,8 +202,6 @@ class Learner:
                 self.soft[(i, t)] = m
             if self.cfg.masks == "given":
                 new = [self._given_mask(i, k) for k in range(len(data.tokens))]
-            elif self.cfg.masks == "fixed" and self.iteration > 0:
-                new = [self.masks[(i, t)] for t in data.tokens]
             else:
                 new = list(mask_ops.refine_masks(data.rgb, maps, threshold=self.cfg.threshold, use_crf=self.cfg.crf, has_background=any(data.background)))
             for k, t in enumerate(data.tokens):
@@ -282,7 +283,7 @@ class Learner:
         target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
         self.store.reset()
         self.store.token_index = positions
-        with capture_cross_attention(self.unet, self.store, self.factor), self._autocast():
+        with self._autocast():
             pred = self.unet(zt, t, encoder_hidden_states=ctx).sample
         union = self._mask_tensor(image, tokens, self.latent, flip).amax(dim=1, keepdim=True)
         diff = masked_diffusion_loss(pred, target, union)
@@ -292,10 +293,7 @@ class Learner:
         if not torch.isfinite(loss):
             raise TrainingDiverged("The loss became NaN; the run stopped and its last good checkpoint is kept (try a lower learning rate).")
         self.opt.zero_grad(set_to_none=True)
-        # gradient checkpointing recomputes the UNet in backward: capture must
-        # record then exactly as in forward, so the token index stays set
-        with capture_cross_attention(self.unet, self.store, self.factor):
-            loss.backward()
+        loss.backward()  # checkpointing recomputes with the token index still set
         self.store.token_index = None
         self.store.reset()
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
