@@ -30,6 +30,12 @@ def learn_command(
 ) -> None:
     """Learn a token per concept (EM over masks from cross-attention), then fine-tune."""
     from ..engine.learn import learn_project
+    from ..engine.parallel import is_main_process
+
+    if not is_main_process():  # under accelerate/torchrun only rank 0 reports
+        quiet, json_out, report = True, False, False
+    else:
+        report = True
 
     overrides = dict(
         masks=masks, em_steps=em_steps, joint_steps=joint_steps, finetune=finetune, seed=seed, device=device,
@@ -41,7 +47,7 @@ def learn_command(
             with _Progress(enabled=not quiet and not json_out, label=str(directory)) as progress:
                 result = learn_project(directory, overrides, resume=resume, on_event=progress.on_event)
             results.append({"project": str(directory), "ok": True, "run": result["run"], "exported": result["exported"]})
-            if not json_out:
+            if report and not json_out:
                 _print_result(result, quiet)
         except Exception as exc:  # noqa: BLE001 - one project's failure must not stop the others
             if (len(directories) == 1 and not json_out) or debug_enabled():
@@ -49,11 +55,12 @@ def learn_command(
             code = exc.exit_code if isinstance(exc, ConceptforgeError) else 1
             message = str(exc) if isinstance(exc, ConceptforgeError) else f"{type(exc).__name__}: {exc}"
             results.append({"project": str(directory), "ok": False, "error": message, "exit_code": code})
-            err_console.print(f"[bold red]error:[/] {directory}: {message}", highlight=False)
+            if report:
+                err_console.print(f"[bold red]error:[/] {directory}: {message}", highlight=False)
         if json_out:
             print_json(results[-1])
     failed = [r for r in results if not r["ok"]]
-    if len(directories) > 1 and not json_out:
+    if len(directories) > 1 and not json_out and report:
         _summary(results)
     if failed:
         raise typer.Exit(max(r["exit_code"] for r in failed))

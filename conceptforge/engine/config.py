@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import InputError
 
 MASK_MODES = ("em", "fixed", "given")
+MASK_SIGNALS = ("attention", "error", "both")
 FINETUNE_MODES = ("lora", "full", "none")
 PRECISIONS = ("no", "fp16", "bf16")
 AUGMENT_MODES = ("none", "flip", "full")
@@ -45,6 +46,7 @@ class LearnConfig:
     mask_momentum: float = 0.5  # weight of the previous soft maps in each E-step
     area_change_max: float = 2.5  # a new mask more than this factor larger/smaller than the last is refused
     mask_converged: float = 0.97
+    mask_signal: str = "attention"  # E-steps after the first: attention | error (Eq. 3 per pixel) | both
     augment: str = "none"
     checkpoint_every: int = 50
     batch_size: int = 1
@@ -53,6 +55,7 @@ class LearnConfig:
     def validate(self) -> "LearnConfig":
         checks = [
             ("masks", self.masks, MASK_MODES),
+            ("mask_signal", self.mask_signal, MASK_SIGNALS),
             ("finetune", self.finetune, FINETUNE_MODES),
             ("mixed_precision", self.mixed_precision, PRECISIONS),
             ("augment", self.augment, AUGMENT_MODES),

@@ -29,6 +29,7 @@ from .tokens import ConceptRows, add_concept_tokens
 from . import masks as mask_ops
 from .checkpoint import load_checkpoint, save_checkpoint
 from .export import export_concepts
+from .parallel import Parallel
 
 PHASES = ["em", "joint"]
 
@@ -67,15 +68,18 @@ class Learner:
         config: LearnConfig,
         source: ModelSource,
         on_event: Callable[[Event], None] | None = None,
+        parallel: Parallel | None = None,
     ):
         self.project = project
         self.run = run
         self.cfg = config
         self.source = source
-        self.emit = on_event or (lambda e: None)
-        self.device = pick_device(config.device)
-        self.rng = random.Random(config.seed)
-        self.gen = torch.Generator().manual_seed(config.seed)
+        self.par = parallel or Parallel()
+        self.main = self.par.is_main  # only the main process writes and reports
+        self.emit = (on_event if self.main else None) or (lambda e: None)
+        self.device = self.par.device(pick_device(config.device))
+        self.rng = random.Random(self.par.seed(config.seed))
+        self.gen = torch.Generator().manual_seed(self.par.seed(config.seed))
         self.masks: dict[tuple[int, str], np.ndarray] = {}
         self.soft: dict[tuple[int, str], np.ndarray] = {}
         self.iteration = -1
@@ -186,24 +190,64 @@ class Learner:
         self.store.token_index = None
         return (total / n_timesteps).numpy()
 
+    @torch.no_grad()
+    def _error_maps(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
+        """How much each concept token lowers the denoising error, per latent pixel: (K, h, w).
+
+        Eq. 3 read per pixel: the prompt naming all of the image's concepts
+        against the same prompt without concept k, on shared noise and
+        timesteps; a pixel belongs to the token whose removal costs most.
+        """
+        data = self.images[image]
+        k_all = list(range(len(data.tokens)))
+        subsets = [k_all] + [[j for j in k_all if j != k] for k in k_all]
+        ctxs = []
+        for sub in subsets:
+            if sub:
+                ctx, _ = self._encode_prompt([data.tokens[j] for j in sub], [data.background[j] for j in sub])
+            else:
+                ctx = self._empty_context()
+            ctxs.append(ctx)
+        ctx = torch.cat(ctxs)
+        gen = torch.Generator().manual_seed(seed)
+        z = data.latents[False]
+        total = torch.zeros(len(subsets), z.shape[-2], z.shape[-1])
+        for _ in range(n_timesteps):
+            t = torch.randint(self.cfg.mask_t_min, self.cfg.mask_t_max + 1, (1,), generator=gen).to(self.device)
+            noise = torch.randn(z.shape, generator=gen).to(self.device)
+            zt = self.scheduler.add_noise(z, noise, t)
+            target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
+            with self._autocast():
+                pred = self.unet(zt.expand(len(subsets), -1, -1, -1), t.expand(len(subsets)), encoder_hidden_states=ctx).sample
+            total += ((pred.float() - target.float()) ** 2).sum(dim=1).cpu()
+        gain = (total[1:] - total[:1]) / n_timesteps  # error without k minus error with all
+        return gain.clamp(min=0).numpy()
+
+    def _empty_context(self) -> torch.Tensor:
+        ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    def _mask_signal(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
+        """The E-step's per-concept soft maps, min-max normalised: (K, h, w)."""
+        signal = self.cfg.mask_signal if self.iteration > 0 else "attention"
+        maps = []
+        if signal in ("attention", "both"):
+            maps.append(normalize_minmax(torch.from_numpy(self._attention_maps(image, n_timesteps, seed))))
+        if signal in ("error", "both"):
+            err = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(self._error_maps(image, n_timesteps, seed)), self.att)
+            maps.append(normalize_minmax(err))
+        return normalize_minmax(torch.stack(maps).mean(dim=0)).numpy()
+
     def _estep(self, step: int, n_timesteps: int) -> None:
         """Re-estimate every concept's mask; write them as the next iteration."""
         self.iteration += 1
         records = []
         changes = []
+        estimates = self._estimate_masks(n_timesteps)
         for i, data in enumerate(self.images):
-            # min-max: attention maps have a floor (a background token's is high
-            # everywhere), which max-normalisation alone leaves above threshold
-            maps = normalize_minmax(torch.from_numpy(self._attention_maps(i, n_timesteps, self.cfg.seed * 1000 + self.iteration))).numpy()
-            if self.iteration > 0 and self.cfg.masks == "em":
-                prev = np.stack([self.soft[(i, t)] for t in data.tokens])
-                maps = self.cfg.mask_momentum * prev + (1 - self.cfg.mask_momentum) * maps
+            maps, new = estimates[i]
             for t, m in zip(data.tokens, maps):
                 self.soft[(i, t)] = m
-            if self.cfg.masks == "given":
-                new = [self._given_mask(i, k) for k in range(len(data.tokens))]
-            else:
-                new = list(mask_ops.refine_masks(data.rgb, maps, threshold=self.cfg.threshold, use_crf=self.cfg.crf, has_background=any(data.background)))
             for k, t in enumerate(data.tokens):
                 prev_mask = self.masks.get((i, t))
                 mask = new[k]
@@ -223,12 +267,32 @@ class Learner:
                         "iou_gt": None if gt is None else round(mask_ops.iou(mask, gt), 5),
                     }
                 )
-            self._write_iteration(i)
+            if self.main:
+                self._write_iteration(i)
         if changes and min(changes) >= self.cfg.mask_converged:
             self.converged = True
         rec = {"kind": "estep", "phase": "em", "step": step, "iteration": self.iteration, "converged": self.converged, "masks": records}
-        append_jsonl(self.run.metrics_path, rec)
+        if self.main:
+            append_jsonl(self.run.metrics_path, rec)
         self.emit(Event("estep", "em", step, self.cfg.em_steps, rec))
+
+    def _estimate_masks(self, n_timesteps: int) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
+        """Soft maps and refined masks of every image (each process does its share)."""
+        mine = {}
+        for i in self.par.mine(len(self.images)):
+            data = self.images[i]
+            # min-max: attention maps have a floor (a background token's is high
+            # everywhere), which max-normalisation alone leaves above threshold
+            maps = self._mask_signal(i, n_timesteps, self.cfg.seed * 1000 + self.iteration)
+            if self.iteration > 0 and self.cfg.masks == "em":
+                prev = np.stack([self.soft[(i, t)] for t in data.tokens])
+                maps = self.cfg.mask_momentum * prev + (1 - self.cfg.mask_momentum) * maps
+            if self.cfg.masks == "given":
+                new = [self._given_mask(i, k) for k in range(len(data.tokens))]
+            else:
+                new = list(mask_ops.refine_masks(data.rgb, maps, threshold=self.cfg.threshold, use_crf=self.cfg.crf, has_background=any(data.background)))
+            mine[i] = (maps, new)
+        return {i: v for part in self.par.gather(mine) for i, v in part.items()}
 
     def _given_mask(self, image: int, k: int) -> np.ndarray:
         gt = self.images[image].gt[k]
@@ -296,6 +360,7 @@ class Learner:
         loss.backward()  # checkpointing recomputes with the token index still set
         self.store.token_index = None
         self.store.reset()
+        self.par.average_gradients(self.trainable)
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.opt.step()
         return {"loss": loss.item(), "diffusion": diff.item(), "attention": attn.item()}
@@ -308,6 +373,7 @@ class Learner:
             weights = self._weights_to_tune()
             groups.append({"params": weights, "lr": cfg.weight_lr, "weight_decay": 1e-2})
             self.trainable = self.trainable + weights
+        self.par.broadcast_parameters(self.trainable)  # LoRA's random init differs per process
         self.opt = _optimizer(cfg.optimizer, groups)
 
     def _weights_to_tune(self) -> list[torch.nn.Parameter]:
@@ -328,12 +394,14 @@ class Learner:
     def learn(self) -> dict[str, Any]:
         cfg = self.cfg
         self._setup()
-        write_yaml_atomic(self.run.config_path, {"model": self.project.model, "run": self.run.id, **cfg.to_dict()})
+        if self.main:
+            write_yaml_atomic(self.run.config_path, {"model": self.project.model, "run": self.run.id, **cfg.to_dict()})
         phase, step = "em", 0
         ckpt = load_checkpoint(self.run.checkpoints_dir)
         if ckpt is not None:
             phase, step = self._restore(ckpt)
-            self.run.truncate_metrics(PHASES, phase, step)
+            if self.main:
+                self.run.truncate_metrics(PHASES, phase, step)
             self.emit(Event("resumed", phase, step, cfg.em_steps if phase == "em" else cfg.joint_steps))
         else:
             if cfg.init_steps:
@@ -348,8 +416,9 @@ class Learner:
         if cfg.finetune != "none" and cfg.joint_steps > 0:
             self.emit(Event("phase", "joint", step, cfg.joint_steps))
             self._run_phase("joint", step, cfg.joint_steps)
-        paths = export_concepts(self.project.concepts_dir, self)
-        self.run.set_state(status="finished")
+        paths = export_concepts(self.project.concepts_dir, self) if self.main else []
+        if self.main:
+            self.run.set_state(status="finished")
         result = {"run": self.run.id, "iterations": self.iteration, "converged": self.converged, "exported": [str(p) for p in paths], "timing": self.timing}
         self.emit(Event("done", data=result))
         return result
@@ -362,14 +431,17 @@ class Learner:
             self.timing[f"{phase}_seconds"] += time.perf_counter() - started
             self.timing[f"{phase}_steps_timed"] += 1
             step += 1
-            append_jsonl(self.run.metrics_path, {"kind": "step", "phase": phase, "step": step, **{k: round(v, 6) for k, v in losses.items()}})
+            if self.main:
+                append_jsonl(self.run.metrics_path, {"kind": "step", "phase": phase, "step": step, **{k: round(v, 6) for k, v in losses.items()}})
             self.emit(Event("step", phase, step, total, losses))
             if phase == "em" and self._estep_due(step):
                 started = time.perf_counter()
                 self._estep(step, cfg.mask_timesteps)
                 self.timing["estep_seconds"] += time.perf_counter() - started
             if step % cfg.checkpoint_every == 0 or step == total:
-                save_checkpoint(self.run.checkpoints_dir, self._state(phase, step))
+                state = self._state(phase, step)  # every process: it gathers their random states
+                if self.main:
+                    save_checkpoint(self.run.checkpoints_dir, state)
                 self.emit(Event("checkpoint", phase, step, total))
         return step
 
@@ -405,6 +477,7 @@ class Learner:
             "soft": {f"{i}|{t}": m for (i, t), m in self.soft.items()},
             "rng": self.rng.getstate(),
             "gen": self.gen.get_state(),
+            "streams": self.par.gather((self.rng.getstate(), self.gen.get_state())),
         }
         if phase == "joint" and self.cfg.finetune != "none":
             state["weights"] = {n: p.detach().cpu() for n, p in self.unet.named_parameters() if p.requires_grad}
@@ -419,6 +492,13 @@ class Learner:
         self.soft = {_key(k): v for k, v in state["soft"].items()}
         self.rng.setstate(state["rng"])
         self.gen.set_state(state["gen"])
+        streams = state.get("streams") or []
+        if len(streams) == self.par.world:  # same group size: each process continues its own stream
+            self.rng.setstate(streams[self.par.rank][0])
+            self.gen.set_state(streams[self.par.rank][1])
+        elif not self.main:  # another group size: fresh streams for the other processes
+            self.rng.seed(self.par.seed(self.cfg.seed) + state["step"])
+            self.gen.manual_seed(self.par.seed(self.cfg.seed) + state["step"])
         if phase == "em" and step >= self.cfg.em_steps:
             phase, step = "joint", 0
             self._make_optimizer("joint")
