@@ -191,8 +191,9 @@ class Learner:
         return (total / n_timesteps).numpy()
 
     @torch.no_grad()
-    def _error_maps(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
-        """How much each concept token lowers the denoising error, per latent pixel: (K, h, w).
+    def _error_maps(self, image: int, n_timesteps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """How much each concept token lowers the denoising error, per latent
+        pixel (K, h, w), and the tokens' cross-attention in the same passes (K, att, att).
 
         Eq. 3 read per pixel: the prompt naming all of the image's concepts
         against the same prompt without concept k, on shared noise and
@@ -204,39 +205,52 @@ class Learner:
         ctxs = []
         for sub in subsets:
             if sub:
-                ctx, _ = self._encode_prompt([data.tokens[j] for j in sub], [data.background[j] for j in sub])
+                ctx, positions = self._encode_prompt([data.tokens[j] for j in sub], [data.background[j] for j in sub])
+                if sub is k_all:
+                    full_positions = positions
             else:
                 ctx = self._empty_context()
             ctxs.append(ctx)
         ctx = torch.cat(ctxs)
+        n = len(subsets)
         gen = torch.Generator().manual_seed(seed)
         z = data.latents[False]
-        total = torch.zeros(len(subsets), z.shape[-2], z.shape[-1])
+        errors = torch.zeros(n, z.shape[-2], z.shape[-1])
+        attention = torch.zeros(len(k_all), self.att, self.att)
         for _ in range(n_timesteps):
             t = torch.randint(self.cfg.mask_t_min, self.cfg.mask_t_max + 1, (1,), generator=gen).to(self.device)
             noise = torch.randn(z.shape, generator=gen).to(self.device)
             zt = self.scheduler.add_noise(z, noise, t)
             target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
+            self.store.reset()
+            self.store.token_index = full_positions.expand(n, -1)  # rows 1.. are read but not used
             with self._autocast():
-                pred = self.unet(zt.expand(len(subsets), -1, -1, -1), t.expand(len(subsets)), encoder_hidden_states=ctx).sample
-            total += ((pred.float() - target.float()) ** 2).sum(dim=1).cpu()
-        gain = (total[1:] - total[:1]) / n_timesteps  # error without k minus error with all
-        return gain.clamp(min=0).numpy()
+                pred = self.unet(zt.expand(n, -1, -1, -1), t.expand(n), encoder_hidden_states=ctx).sample
+            attention += self.store.mean_maps(self.att, self.att)[0].float().cpu()
+            errors += ((pred.float() - target.float()) ** 2).sum(dim=1).cpu()
+        self.store.token_index = None
+        gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
+        return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()
 
     def _empty_context(self) -> torch.Tensor:
         ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
     def _mask_signal(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
-        """The E-step's per-concept soft maps, min-max normalised: (K, h, w)."""
+        """The E-step's per-concept soft maps, min-max normalised: (K, att, att).
+
+        The first E-step (and `mask_signal: attention`) uses the tokens'
+        cross-attention; later ones may use the denoising-error reduction of
+        each token (`error`) or the mean of both (`both`).
+        """
         signal = self.cfg.mask_signal if self.iteration > 0 else "attention"
-        maps = []
-        if signal in ("attention", "both"):
-            maps.append(normalize_minmax(torch.from_numpy(self._attention_maps(image, n_timesteps, seed))))
-        if signal in ("error", "both"):
-            err = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(self._error_maps(image, n_timesteps, seed)), self.att)
-            maps.append(normalize_minmax(err))
-        return normalize_minmax(torch.stack(maps).mean(dim=0)).numpy()
+        if signal == "attention":
+            return normalize_minmax(torch.from_numpy(self._attention_maps(image, n_timesteps, seed))).numpy()
+        gain, attention = self._error_maps(image, n_timesteps, seed)
+        err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.att))
+        if signal == "error":
+            return err.numpy()
+        return normalize_minmax((err + normalize_minmax(torch.from_numpy(attention))) / 2).numpy()
 
     def _estep(self, step: int, n_timesteps: int) -> None:
         """Re-estimate every concept's mask; write them as the next iteration."""

@@ -1,0 +1,68 @@
+"""The E-step's mask signals on the built-in model: a learned token lowers the
+denoising error where its concept is, and the settings choose the signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conceptforge.engine.backbone import resolve_source
+from conceptforge.engine.config import resolve_config
+from conceptforge.engine.em import Learner
+from conceptforge.engine.masks import resize_mask
+from conceptforge.engine.runs import new_run
+from conceptforge.errors import InputError
+from conceptforge.project import Project
+from conceptforge.shapes.world import sample_scene
+
+SCENE_SEED = 800021  # held out: a two-object scene of distinct shapes
+
+
+def _scene_learner(tmp_path: Path, **settings) -> Learner:
+    scene = sample_scene(SCENE_SEED)
+    project = Project.create(tmp_path / "proj")
+    image = tmp_path / "scene.png"
+    scene.image.save(image)
+    masks = [obj.mask for obj in scene.objects] + [scene.background_mask]
+    inits = [obj.shape for obj in scene.objects] + ["background"]
+    for k, (mask, init) in enumerate(zip(masks, inits)):
+        path = tmp_path / f"m{k}.png"
+        Image.fromarray((mask * 255).astype(np.uint8)).save(path)
+        background = k == len(masks) - 1
+        project.add_concept(image, "<bg>" if background else f"<o{k}>", init=init, gt_mask=path, background=background)
+    project = Project.load(project.root)
+    config = resolve_config(True, {}, settings)
+    learner = Learner(project, new_run(project.runs_dir, config.masks), config, resolve_source(project.model))
+    learner._setup()
+    return learner
+
+
+def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
+    learner = _scene_learner(tmp_path, masks="given")
+    learner._make_optimizer("em")
+    learner._estep(0, 2)
+    for _ in range(60):
+        learner._train_step()
+    gain, attention = learner._error_maps(0, 8, seed=0)
+    gts = [resize_mask(g, *gain.shape[-2:]) for g in learner.images[0].gt]
+    inside = np.array([[gain[k][gt].mean() for gt in gts] for k in range(len(gts))])
+    assert gain.shape == (3, 16, 16) and attention.shape == (3, learner.att, learner.att)
+    assert (gain >= 0).all()
+    assert all(inside[k].argmax() == k for k in range(len(gts))), inside.round(3)
+
+
+@pytest.mark.parametrize("signal", ["attention", "error", "both"])
+def test_every_signal_gives_normalised_maps(tmp_path, signal):
+    learner = _scene_learner(tmp_path, masks="em", mask_signal=signal)
+    learner.iteration = 1  # a later E-step: the first always uses attention
+    maps = learner._mask_signal(0, 2, seed=0)
+    assert maps.shape == (3, learner.att, learner.att)
+    assert np.allclose(maps.max(axis=(1, 2)), 1.0) and np.allclose(maps.min(axis=(1, 2)), 0.0)
+
+
+def test_unknown_signal_is_an_input_error():
+    with pytest.raises(InputError, match="mask_signal"):
+        resolve_config(True, {}, {"mask_signal": "colour"})
