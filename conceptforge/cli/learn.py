@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConceptforgeError
-from .common import JsonOut, Quiet, console, debug_enabled, err_console, fail, handle_errors, print_json
+from .common import JsonOut, Quiet, console, debug_enabled, err_console, handle_errors, print_json
 
 
 @handle_errors

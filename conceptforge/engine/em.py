@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -346,8 +345,10 @@ class Learner:
         k = self.rng.randint(1, n)
         return image, sorted(self.rng.sample(range(n), k))
 
-    def _train_step(self) -> dict[str, float]:
+    def _train_step(self, attn_weight: float | None = None) -> dict[str, float]:
+        """One optimiser step on a union sample; `attn_weight` overrides the setting."""
         cfg = self.cfg
+        attn_weight = cfg.attn_weight if attn_weight is None else attn_weight
         image, subset = self._sample_subset()
         data = self.images[image]
         tokens = [data.tokens[k] for k in subset]
@@ -367,7 +368,7 @@ class Learner:
         diff = masked_diffusion_loss(pred, target, union)
         maps = self.store.mean_maps(self.att, self.att)
         attn = attention_loss(maps, self._mask_tensor(image, tokens, self.att, flip))
-        loss = diff + cfg.attn_weight * attn
+        loss = diff + attn_weight * attn
         if not torch.isfinite(loss):
             raise TrainingDiverged("The loss became NaN; the run stopped and its last good checkpoint is kept (try a lower learning rate).")
         self.opt.zero_grad(set_to_none=True)
@@ -471,11 +472,8 @@ class Learner:
             for t in data.tokens:
                 self.masks[(i, t)] = np.ones((self.size, self.size), dtype=bool)
         self._make_optimizer("em")
-        saved = self.cfg.attn_weight
-        self.cfg.attn_weight = 0.0
         for _ in range(steps):
-            self._train_step()
-        self.cfg.attn_weight = saved
+            self._train_step(attn_weight=0.0)
         self.masks.clear()
 
     # -- checkpoints -------------------------------------------------------------
