@@ -78,3 +78,15 @@ def test_off_palette_blank_image_has_no_objects():
     reading = recognise(np.full((SIZE, SIZE, 3), (0, 255, 0), dtype=np.uint8))
     assert reading.objects == []
     assert len(reading.background) == 1
+
+
+def test_concept_score_gives_partial_credit():
+    from conceptforge.engine.evaluate import ConceptIdentity, concept_score
+
+    reading = recognise(Image.fromarray(_painted(("green", "blue"), [("red", "star", 32, 40, 12)])))
+    obj = lambda colors, shape: concept_score(reading, ConceptIdentity("<o>", False, colors, shape))  # noqa: E731
+    assert obj(["red"], "star") == 1.0
+    assert obj(["red"], "circle") == 0.5 and obj(["yellow"], "star") == 0.5
+    assert obj(["yellow"], "circle") == 0.0
+    bg = lambda colors: concept_score(reading, ConceptIdentity("<bg>", True, colors, None))  # noqa: E731
+    assert bg(["green", "blue"]) == 1.0 and bg(["green"]) == 0.5 and bg(["pink"]) == 0.0

@@ -73,10 +73,10 @@ def _render(result: dict[str, Any], quiet: bool) -> None:
     gen = result.get("generation")
     if gen and "mean_fidelity" in gen:
         t2 = Table(title="generation (recogniser of the built-in world)")
-        for col in ("token", "colours", "shape", "fidelity", "diversity"):
+        for col in ("token", "colours", "shape", "fidelity (exact)", "score (partial)", "diversity"):
             t2.add_column(col)
         for c in gen["concepts"]:
-            t2.add_row(c["token"], " ".join(c["colors"]), c["shape"] or "-", f"{c['fidelity']:.2f}", f"{c['diversity']:.3f}")
+            t2.add_row(c["token"], " ".join(c["colors"]), c["shape"] or "-", f"{c['fidelity']:.2f}", f"{c['score']:.2f}", f"{c['diversity']:.3f}")
         console.print(t2)
     elif gen:
         t2 = Table(title="generation (CLIP)")

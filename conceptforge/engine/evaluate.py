@@ -116,32 +116,53 @@ def builtin_identities(project: Project, run: RunDir) -> list[ConceptIdentity]:
 
 
 def builtin_fidelity(pipe, identities: list[ConceptIdentity], n: int, steps: int, guidance: float, seed: int) -> dict[str, Any]:
-    """Share of samples in which the recogniser finds each concept; pixel diversity."""
-    from ..shapes.recognise import background_is, contains
+    """Per concept, over its samples: `fidelity`, the share in which the
+    recogniser finds the concept exactly (an object of its colours and shape,
+    or its background colours); `score`, partial credit (see `concept_score`);
+    and the mean pairwise pixel distance of the samples of one prompt."""
+    from ..shapes.recognise import background_is, contains, recognise
 
     per_concept = []
     for ident in identities:
         templates = BUILTIN_BACKGROUND_TEMPLATES if ident.background else BUILTIN_OBJECT_TEMPLATES
-        hits, total, diversities = 0, 0, []
+        exact, scores, diversities = [], [], []
         for k, template in enumerate(templates):
             prompt = template.format(t=ident.token)
             images = _sample(pipe, prompt, n, steps, guidance, seed + 1000 * k)
             for im in images:
-                from ..shapes.recognise import recognise
-
                 reading = recognise(im)
-                ok = background_is(reading, ident.colors) if ident.background else contains(reading, ident.colors, ident.shape)
-                hits += int(ok)
-                total += 1
+                exact.append(background_is(reading, ident.colors) if ident.background else contains(reading, ident.colors, ident.shape))
+                scores.append(concept_score(reading, ident))
             diversities.append(pixel_diversity(images))
         per_concept.append(
-            {"token": ident.token, "colors": ident.colors, "shape": ident.shape, "fidelity": hits / max(total, 1), "diversity": float(np.mean(diversities)), "samples": total}
+            {
+                "token": ident.token, "colors": ident.colors, "shape": ident.shape,
+                "fidelity": float(np.mean(exact)) if exact else 0.0, "score": float(np.mean(scores)) if scores else 0.0,
+                "diversity": float(np.mean(diversities)), "samples": len(exact),
+            }
         )
-    return {
-        "concepts": per_concept,
-        "mean_fidelity": float(np.mean([c["fidelity"] for c in per_concept])) if per_concept else None,
-        "mean_diversity": float(np.mean([c["diversity"] for c in per_concept])) if per_concept else None,
-    }
+    mean = lambda key: float(np.mean([c[key] for c in per_concept])) if per_concept else None  # noqa: E731
+    return {"concepts": per_concept, "mean_fidelity": mean("fidelity"), "mean_score": mean("score"), "mean_diversity": mean("diversity")}
+
+
+def concept_score(reading, ident: ConceptIdentity) -> float:
+    """Partial credit for one sample, in [0, 1].
+
+    Object: the best object of the sample, half for having exactly the
+    concept's colours and half for its shape.  Background: the share of the
+    concept's background colours (ground, sky) the sample's background has.
+    """
+    from ..shapes.recognise import same_colors
+
+    if ident.background:
+        if not ident.colors:
+            return 0.0
+        return len(set(reading.background) & set(ident.colors)) / max(len(ident.colors), len(reading.background))
+    best = 0.0
+    for obj in reading.objects:
+        value = 0.5 * same_colors(obj.colors, ident.colors) + 0.5 * (obj.shape == ident.shape)
+        best = max(best, value)
+    return best
 
 
 def pixel_diversity(images: list) -> float:

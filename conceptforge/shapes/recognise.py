@@ -454,13 +454,13 @@ def recognise(image: Image.Image | np.ndarray) -> Reading:
     return Reading(background=[COLOR_NAMES[c] for c in background], objects=objects)
 
 
-def _same_colors(found: Iterable[str], wanted: Iterable[str]) -> bool:
+def same_colors(found: Iterable[str], wanted: Iterable[str]) -> bool:
     return sorted(found) == sorted(wanted)
 
 
 def contains(reading: Reading, colors: list[str], shape: str | None = None) -> bool:
     """Whether an object with exactly these colours (any order) and this shape (any when None) is present."""
-    return any(_same_colors(o.colors, colors) and (shape is None or o.shape == shape) for o in reading.objects)
+    return any(same_colors(o.colors, colors) and (shape is None or o.shape == shape) for o in reading.objects)
 
 
 def background_is(reading: Reading, colors: list[str]) -> bool:
