@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conceptforge.engine.backbone import resolve_source
@@ -59,9 +60,9 @@ def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
     assert inside[row, row] > 5 * np.delete(inside[row], row).max(), inside.round(3)
 
 
-@pytest.mark.parametrize("signal", ["attention", "error", "both"])
-def test_every_signal_gives_normalised_maps(tmp_path, signal):
-    learner = _scene_learner(tmp_path, masks="em", mask_signal=signal)
+@pytest.mark.parametrize("signal,reference", [("attention", "drop"), ("error", "drop"), ("both", "drop"), ("both", "init")])
+def test_every_signal_gives_normalised_maps(tmp_path, signal, reference):
+    learner = _scene_learner(tmp_path, masks="em", mask_signal=signal, error_reference=reference)
     learner.iteration = 1  # a later E-step: the first always uses attention
     maps = learner._mask_signal(0, 2, seed=0)
     assert maps.shape == (3, learner.att, learner.att)
@@ -71,3 +72,18 @@ def test_every_signal_gives_normalised_maps(tmp_path, signal):
 def test_unknown_signal_is_an_input_error():
     with pytest.raises(InputError, match="mask_signal"):
         resolve_config(True, {}, {"mask_signal": "colour"})
+    with pytest.raises(InputError, match="error_reference"):
+        resolve_config(True, {}, {"error_reference": "none"})
+
+
+def test_init_reference_measures_what_learning_added(tmp_path):
+    learner = _scene_learner(tmp_path, masks="em", error_reference="init")
+    data = learner.images[0]
+    with torch.no_grad():
+        untrained, _ = learner._encode_prompt(data.tokens, data.background)
+        assert torch.allclose(learner._reference_context(data, 0), untrained)  # a token still at its init word gains nothing
+        learner.rows.rows[0] += 0.05  # as if <o0> had learned
+        learned, _ = learner._encode_prompt(data.tokens, data.background)
+        reference = learner._reference_context(data, 0)
+    assert reference.shape == learned.shape
+    assert torch.allclose(reference, untrained) and not torch.allclose(reference, learned)

@@ -9,6 +9,7 @@ from ..errors import InputError
 
 MASK_MODES = ("em", "fixed", "given")
 MASK_SIGNALS = ("attention", "error", "both")
+ERROR_REFERENCES = ("drop", "init")
 FINETUNE_MODES = ("lora", "full", "none")
 PRECISIONS = ("no", "fp16", "bf16")
 AUGMENT_MODES = ("none", "flip", "full")
@@ -47,6 +48,7 @@ class LearnConfig:
     area_change_max: float = 2.5  # a new mask more than this factor larger/smaller than the last is refused
     mask_converged: float = 0.97
     mask_signal: str = "attention"  # E-steps after the first: attention | error (Eq. 3 per pixel) | both
+    error_reference: str = "drop"  # the error signal compares against the prompt without k (drop) or with k's init word (init)
     augment: str = "none"
     checkpoint_every: int = 50
     batch_size: int = 1
@@ -56,6 +58,7 @@ class LearnConfig:
         checks = [
             ("masks", self.masks, MASK_MODES),
             ("mask_signal", self.mask_signal, MASK_SIGNALS),
+            ("error_reference", self.error_reference, ERROR_REFERENCES),
             ("finetune", self.finetune, FINETUNE_MODES),
             ("mixed_precision", self.mixed_precision, PRECISIONS),
             ("augment", self.augment, AUGMENT_MODES),

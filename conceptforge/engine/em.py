@@ -195,27 +195,18 @@ class Learner:
         pixel (K, h, w), and the tokens' cross-attention in the same passes (K, att, att).
 
         Eq. 3 read per pixel: the prompt naming all of the image's concepts
-        against the same prompt without concept k, on shared noise and
-        timesteps; a pixel belongs to the token whose removal costs most.
+        against the same prompt without concept k (see `_reference_context`),
+        on shared noise and timesteps; a pixel belongs to the token whose
+        removal costs most.
         """
         data = self.images[image]
-        k_all = list(range(len(data.tokens)))
-        subsets = [k_all] + [[j for j in k_all if j != k] for k in k_all]
-        ctxs = []
-        for sub in subsets:
-            if sub:
-                ctx, positions = self._encode_prompt([data.tokens[j] for j in sub], [data.background[j] for j in sub])
-                if sub is k_all:
-                    full_positions = positions
-            else:
-                ctx = self._empty_context()
-            ctxs.append(ctx)
-        ctx = torch.cat(ctxs)
-        n = len(subsets)
+        ctx_all, full_positions = self._encode_prompt(data.tokens, data.background)
+        ctx = torch.cat([ctx_all] + [self._reference_context(data, k) for k in range(len(data.tokens))])
+        n = ctx.shape[0]
         gen = torch.Generator().manual_seed(seed)
         z = data.latents[False]
         errors = torch.zeros(n, z.shape[-2], z.shape[-1])
-        attention = torch.zeros(len(k_all), self.att, self.att)
+        attention = torch.zeros(len(data.tokens), self.att, self.att)
         for _ in range(n_timesteps):
             t = torch.randint(self.cfg.mask_t_min, self.cfg.mask_t_max + 1, (1,), generator=gen).to(self.device)
             noise = torch.randn(z.shape, generator=gen).to(self.device)
@@ -231,8 +222,18 @@ class Learner:
         gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
         return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()
 
-    def _empty_context(self) -> torch.Tensor:
-        ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+    def _reference_context(self, data: ImageData, k: int) -> torch.Tensor:
+        """Text states of the image's prompt without concept k (`error_reference: drop`)
+        or with k's init word in its place (`init`; "object" when it has none)."""
+        if self.cfg.error_reference == "init":
+            words = list(data.tokens)
+            words[k] = self.project.concept_init(data.tokens[k]) or "object"
+            background = data.background
+        else:
+            words = [t for j, t in enumerate(data.tokens) if j != k]
+            background = [b for j, b in enumerate(data.background) if j != k]
+        prompt = training_prompt(words, background, self.source.is_builtin) if words else ""
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
     def _mask_signal(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
