@@ -32,10 +32,9 @@ def learn_command(
     from ..engine.learn import learn_project
     from ..engine.parallel import is_main_process
 
-    if not is_main_process():  # under accelerate/torchrun only rank 0 reports
-        quiet, json_out, report = True, False, False
-    else:
-        report = True
+    report = is_main_process()  # under accelerate/torchrun only rank 0 reports
+    if not report:
+        quiet, json_out = True, False
 
     overrides = dict(
         masks=masks, em_steps=em_steps, joint_steps=joint_steps, finetune=finetune, seed=seed, device=device,

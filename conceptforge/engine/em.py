@@ -146,16 +146,18 @@ class Learner:
     # -- text ------------------------------------------------------------------
     def _encode_prompt(self, tokens: list[str], background: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-encoder states of the subset's prompt and the tokens' positions."""
-        prompt = training_prompt(tokens, background, self.source.is_builtin)
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = self._token_ids(training_prompt(tokens, background, self.source.is_builtin))
         positions = []
         for t in tokens:
             hits = (ids[0] == self.token_ids[t]).nonzero()
             if len(hits) == 0:
                 raise InputError(f"The prompt for {t} is longer than the model's {self.tokenizer.model_max_length} tokens.")
             positions.append(int(hits[0]))
-        ids = ids.to(self.device)
-        return self.text_encoder(ids)[0], torch.tensor([positions])
+        return self.text_encoder(ids.to(self.device))[0], torch.tensor([positions])
+
+    def _token_ids(self, prompt: str) -> torch.Tensor:
+        """The prompt's token ids, padded to the text encoder's length: (1, L)."""
+        return self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
 
     # -- masks -----------------------------------------------------------------
     def _mask_tensor(self, image: int, tokens: list[str], size: int, flip: bool) -> torch.Tensor:
@@ -233,15 +235,16 @@ class Learner:
             words = [t for j, t in enumerate(data.tokens) if j != k]
             background = [b for j, b in enumerate(data.background) if j != k]
         prompt = training_prompt(words, background, self.source.is_builtin) if words else ""
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0]
+        return self.text_encoder(self._token_ids(prompt).to(self.device))[0]
 
     def _mask_signal(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
         """The E-step's per-concept soft maps, min-max normalised: (K, att, att).
 
         The first E-step (and `mask_signal: attention`) uses the tokens'
         cross-attention; later ones may use the denoising-error reduction of
-        each token (`error`) or the mean of both (`both`).
+        each token (`error`) or the mean of both (`both`).  Min-max, not max
+        alone: attention maps have a floor (a background token's is high
+        everywhere) that max-normalisation would leave above the threshold.
         """
         signal = self.cfg.mask_signal if self.iteration > 0 else "attention"
         if signal == "attention":
@@ -295,8 +298,6 @@ class Learner:
         mine = {}
         for i in self.par.mine(len(self.images)):
             data = self.images[i]
-            # min-max: attention maps have a floor (a background token's is high
-            # everywhere), which max-normalisation alone leaves above threshold
             maps = self._mask_signal(i, n_timesteps, self.cfg.seed * 1000 + self.iteration)
             if self.iteration > 0 and self.cfg.masks == "em":
                 prev = np.stack([self.soft[(i, t)] for t in data.tokens])
@@ -488,9 +489,7 @@ class Learner:
             "opt": self.opt.state_dict(),
             "masks": {f"{i}|{t}": m for (i, t), m in self.masks.items()},
             "soft": {f"{i}|{t}": m for (i, t), m in self.soft.items()},
-            "rng": self.rng.getstate(),
-            "gen": self.gen.get_state(),
-            "streams": self.par.gather((self.rng.getstate(), self.gen.get_state())),
+            "streams": self.par.gather((self.rng.getstate(), self.gen.get_state())),  # per process, rank order
         }
         if phase == "joint" and self.cfg.finetune != "none":
             state["weights"] = {n: p.detach().cpu() for n, p in self.unet.named_parameters() if p.requires_grad}
@@ -503,13 +502,12 @@ class Learner:
         self.iteration, self.converged = state["iteration"], state["converged"]
         self.masks = {_key(k): v for k, v in state["masks"].items()}
         self.soft = {_key(k): v for k, v in state["soft"].items()}
-        self.rng.setstate(state["rng"])
-        self.gen.set_state(state["gen"])
-        streams = state.get("streams") or []
-        if len(streams) == self.par.world:  # same group size: each process continues its own stream
-            self.rng.setstate(streams[self.par.rank][0])
-            self.gen.set_state(streams[self.par.rank][1])
-        elif not self.main:  # another group size: fresh streams for the other processes
+        streams = state.get("streams") or [(state["rng"], state["gen"])]  # older checkpoints: rank 0's only
+        if len(streams) == self.par.world or self.main:  # each process continues its own stream
+            rng_state, gen_state = streams[self.par.rank if len(streams) == self.par.world else 0]
+            self.rng.setstate(rng_state)
+            self.gen.set_state(gen_state)
+        else:  # another group size: fresh streams for the other processes
             self.rng.seed(self.par.seed(self.cfg.seed) + state["step"])
             self.gen.manual_seed(self.par.seed(self.cfg.seed) + state["step"])
         if phase == "em" and step >= self.cfg.em_steps:
