@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .world import Scene, sample_scene
+from .world import COLORS, Scene, sample_scene
 
 TRAIN_SEED_BASE = 1_000_000  # training scenes use seeds from here; lower seeds are held out
 MAX_TRACKED = 12  # caption words with a region: 3 objects x 3 words + 3 background words
@@ -46,3 +46,40 @@ def scene_seeds(n: int, base: int = TRAIN_SEED_BASE) -> list[int]:
 
 def render(seeds: list[int]) -> list[Scene]:
     return [sample_scene(s) for s in seeds]
+
+
+def drop_color_words(
+    caption: str, index: np.ndarray, valid: np.ndarray, p: float, rng: np.random.Generator
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """The caption with each run of colour words dropped with probability p
+    ("a red blue star on a green background" -> "a star on a background"),
+    and its tracked token positions moved to match; dropped words' targets
+    become invalid.  Without it the model only ever sees a noun after its
+    colours, and a bare "star" (a new concept's init word) does not localise.
+    """
+    words = caption.split()
+    keep = np.ones(len(words), dtype=bool)
+    i = 0
+    while i < len(words):
+        if words[i] in COLORS:
+            j = i
+            while j < len(words) and words[j] in COLORS:
+                j += 1
+            if rng.random() < p:
+                keep[i:j] = False
+            i = j
+        else:
+            i += 1
+    if keep.all():
+        return caption, index, valid
+    shift = np.concatenate([[0], np.cumsum(~keep)])  # words dropped before each position
+    index, valid = index.copy(), valid.copy()
+    for k in range(len(index)):
+        if valid[k] == 0:
+            continue
+        word = index[k] - 1  # -1 for the start token
+        if keep[word]:
+            index[k] -= shift[word]
+        else:
+            valid[k], index[k] = 0.0, 0
+    return " ".join(w for w, kept in zip(words, keep) if kept), index, valid

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.attention import AttentionStore, capture_cross_attention, normalize_max
-from .data import attention_targets, image_tensor, render, scene_seeds
+from .data import attention_targets, drop_color_words, image_tensor, render, scene_seeds
 from .model import build_tokenizer, scheduler_kwargs, text_encoder_config, unet_kwargs, vae_kwargs
 
 
@@ -150,7 +150,10 @@ def cache_latents(vae, work: Path, n_scenes: int, latent_size: int):
     return data
 
 
-def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: int, attn_weight: float, lr: float, export_only: bool = False):
+def train_unet(
+    work: Path, tokenizer, data: dict, steps: int, batch: int, seed: int, attn_weight: float, lr: float,
+    export_only: bool = False, color_dropout: float = 0.0,
+):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -178,6 +181,7 @@ def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: 
     size = data["mean"].shape[-1]
     store = AttentionStore()
     gen = torch.Generator().manual_seed(seed + start)
+    colour_rng = np.random.default_rng(seed + start)
     n = data["mean"].shape[0]
     t0 = time.time()
     unet.train()
@@ -191,17 +195,22 @@ def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: 
             idx = torch.randint(0, n, (batch,), generator=gen)
             z = data["mean"][idx] * sf
             drop = torch.rand(batch, generator=gen) < 0.1
-            ids = torch.where(drop[:, None], empty_ids.expand(batch, -1), ids_all[idx])
+            index, valid_words = data["index"][idx], data["valid"][idx]
+            if color_dropout > 0:
+                caption_ids, index, valid_words = _color_dropout(tokenizer, data, idx, color_dropout, colour_rng)
+            else:
+                caption_ids = ids_all[idx]
+            ids = torch.where(drop[:, None], empty_ids.expand(batch, -1), caption_ids)
             noise = torch.randn(z.shape, generator=gen)
             t = torch.randint(0, 1000, (batch,), generator=gen)
             zt = noise_sched.add_noise(z, noise, t)
             store.reset()
-            store.token_index = data["index"][idx]
+            store.token_index = index
             ctx = text_encoder(ids)[0]
             pred = unet(zt, t, encoder_hidden_states=ctx).sample
             diff_loss = F.mse_loss(pred, noise)
             maps = normalize_max(store.mean_maps(size, size))
-            valid = data["valid"][idx] * (~drop)[:, None].float()
+            valid = valid_words * (~drop)[:, None].float()
             per_token = ((maps - data["target"][idx]) ** 2).mean(dim=(-1, -2))
             attn_loss = (per_token * valid).sum() / valid.sum().clamp(min=1)
             loss = diff_loss + attn_weight * attn_loss
@@ -219,6 +228,18 @@ def train_unet(work: Path, tokenizer, data: dict, steps: int, batch: int, seed: 
             if (step + 1) % 500 == 0 or step + 1 == steps:
                 _save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1}, ckpt)
     return unet, text_encoder, ema
+
+
+def _color_dropout(tokenizer, data: dict, idx: torch.Tensor, p: float, rng: np.random.Generator):
+    """Token ids, tracked positions and validity of a batch's captions after `drop_color_words`."""
+    captions, index, valid = [], [], []
+    for i in idx.tolist():
+        caption, ix, va = drop_color_words(data["captions"][i], data["index"][i].numpy(), data["valid"][i].numpy(), p, rng)
+        captions.append(caption)
+        index.append(ix)
+        valid.append(va)
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return ids, torch.from_numpy(np.stack(index)), torch.from_numpy(np.stack(valid))
 
 
 def export(out: Path, vae, unet, text_encoder, ema, tokenizer, scaling_factor: float, meta: dict) -> None:
@@ -259,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scenes", type=int, default=40000)
     ap.add_argument("--attn-weight", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument(
+        "--color-dropout", type=float, default=0.0,
+        help="probability of dropping each run of colour words from a training caption, so bare nouns localise too",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -274,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     data = cache_latents(vae, args.work, args.scenes, latent_size=16)  # the encoder only
     _log(f"latents cached, scaling factor {data['scaling_factor']:.4f}")
-    unet, text_encoder, ema = train_unet(args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr, args.export_only)
+    unet, text_encoder, ema = train_unet(
+        args.work, tokenizer, data, args.unet_steps, args.batch, args.seed, args.attn_weight, args.lr, args.export_only, args.color_dropout
+    )
     if not args.export_only or (args.work / "decoder.pt").exists():
         vae = finetune_decoder(vae, args.work, 0 if args.export_only else args.decoder_steps, 16, min(args.scenes, 8000), args.seed)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
