@@ -36,6 +36,7 @@ from conceptforge.project import Project  # noqa: E402
 from conceptforge.shapes.world import sample_scene  # noqa: E402
 
 SEED_BASE = 800_000
+BACKGROUND_TOKEN = "<bg>"
 MODES = {
     "em": {"masks": "em"},
     "fixed": {"masks": "fixed"},
@@ -75,7 +76,7 @@ def make_scene_project(root: Path, seed: int) -> Path:
             project.add_concept(img, f"<o{k}>", init=obj.shape, gt_mask=mask)
         mask = t / "bg.png"
         Image.fromarray((scene.background_mask * 255).astype(np.uint8)).save(mask)
-        project.add_concept(img, "<bg>", init="background", background=True, gt_mask=mask)
+        project.add_concept(img, BACKGROUND_TOKEN, init="background", background=True, gt_mask=mask)
     return root
 
 
@@ -151,8 +152,8 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         "",
         f"{len(seeds)} held-out scenes (seeds {seeds[0]}-{seeds[-1]}, 2-3 objects of different shapes each), one concept per object plus one for the background; every mode has the same step budget.",
         "",
-        "| mode | mean IoU at E-step 0 | final mean IoU | concept fidelity (exact) | concept score (partial) | diversity | s/step (EM phase, E-steps included) | ratio to fixed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | mean IoU at E-step 0 | final mean IoU | objects only | concept fidelity (exact) | concept score (partial) | diversity | s/step (EM phase, E-steps included) | ratio to fixed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     per_step = {}
     fixed_rate = None
@@ -173,9 +174,10 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         fid = float(np.mean(fids)) if fids else None
         div = float(np.mean(divs)) if divs else None
         ratio = rates[m] / fixed_rate if fixed_rate else None
-        summary[m] = {"first": first, "final": final, "fidelity": fid, "score": score, "diversity": div, "s_per_step": rates[m], "ratio": ratio}
+        objects = float(np.mean([c["iou"][-1] for r in rs for c in r["curves"]["concepts"] if c["token"] != BACKGROUND_TOKEN]))
+        summary[m] = {"first": first, "final": final, "final_objects": objects, "fidelity": fid, "score": score, "diversity": div, "s_per_step": rates[m], "ratio": ratio}
         lines.append(
-            f"| {m} | {first:.3f} | {final:.3f} | {'-' if fid is None else f'{fid:.3f}'} | {'-' if score is None else f'{score:.3f}'} | {'-' if div is None else f'{div:.3f}'} | {rates[m]:.3f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+            f"| {m} | {first:.3f} | {final:.3f} | {objects:.3f} | {'-' if fid is None else f'{fid:.3f}'} | {'-' if score is None else f'{score:.3f}'} | {'-' if div is None else f'{div:.3f}'} | {rates[m]:.3f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
         )
         per_step[m] = per_step_curve(rs)
     lines += ["", "## Mean IoU per E-step (all concepts of all scenes; a concept keeps its last mask between E-steps)", ""]
@@ -200,9 +202,20 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         lines.append(f"- DenseCRF adds IoU: {d:+.3f} ({'met' if d > 0 else 'missed'})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    (args.out.with_suffix(".json")).write_text(json.dumps({"seeds": seeds, "summary": summary, "per_step": per_step}, indent=2))
+    scenes = {m: [per_concept(seed, r) for seed, r in zip(seeds, results[m])] for m in modes}
+    (args.out.with_suffix(".json")).write_text(json.dumps({"seeds": seeds, "summary": summary, "per_step": per_step, "scenes": scenes}, indent=2))
     plot_modes(per_step, args.out.with_suffix(".png"))
     print("\n".join(lines))
+
+
+def per_concept(seed: int, record: dict) -> dict:
+    """One scene's per-concept final IoU and, when sampled, fidelity and score."""
+    fidelity = {c["token"]: c for c in record.get("fidelity", {}).get("concepts", [])}
+    concepts = []
+    for c in record["curves"]["concepts"]:
+        f = fidelity.get(c["token"], {})
+        concepts.append({"token": c["token"], "iou": c["iou"][-1], "fidelity": f.get("fidelity"), "score": f.get("score")})
+    return {"seed": seed, "concepts": concepts}
 
 
 def plot_modes(per_step: dict, out: Path) -> None:
