@@ -33,7 +33,7 @@ from conceptforge.engine.attention import AttentionStore, capture_cross_attentio
 from conceptforge.engine.masks import iou  # noqa: E402
 from conceptforge.errors import ConceptforgeError  # noqa: E402
 from conceptforge.shapes import model_path  # noqa: E402
-from conceptforge.shapes.data import image_tensor  # noqa: E402
+from conceptforge.shapes.data import drop_color_words, image_tensor  # noqa: E402
 from conceptforge.shapes.recognise import background_is, contains, recognise  # noqa: E402
 from conceptforge.shapes.world import COLORS, GENERIC_NOUNS, SHAPES, SIZE, Scene, sample_scene  # noqa: E402
 
@@ -159,13 +159,23 @@ def mean_attention(pipe, latents: torch.Tensor, context: torch.Tensor, token_ind
     return total / len(ATTENTION_TIMESTEPS)
 
 
-def attention_ious(pipe, scenes: list[Scene], seeds: list[int]) -> dict[str, list[float]]:
-    """IoU of each tracked word's thresholded (0.5 after min-max) attention map with its region, by kind."""
-    tracked = [tracked_words(s) for s in scenes]
+def bare_caption(scene: Scene) -> tuple[str, list[TrackedWord]]:
+    """The scene's caption without colour words ("a star and a cross on a
+    background", as a new concept's init words read) and its tracked nouns."""
+    words = tracked_words(scene)
+    index = np.array([w.position for w in words])
+    caption, moved, valid = drop_color_words(scene.caption, index, np.ones(len(words), np.float32), 1.0, np.random.default_rng(0))
+    return caption, [TrackedWord(int(p), w.kind, w.mask) for w, p, v in zip(words, moved, valid) if v]
+
+
+def attention_ious(pipe, scenes: list[Scene], seeds: list[int], bare: bool = False) -> dict[str, list[float]]:
+    """IoU of each tracked word's thresholded (0.5 after min-max) attention map with its region, by kind
+    (`bare`: in the captions without colour words)."""
+    captions, tracked = zip(*[bare_caption(s) for s in scenes]) if bare else ([s.caption for s in scenes], [tracked_words(s) for s in scenes])
     k = max(len(t) for t in tracked)
     index = torch.tensor([[w.position for w in t] + [0] * (k - len(t)) for t in tracked])
     latents = encode_images(pipe, [s.image for s in scenes])
-    context = encode_captions(pipe, [s.caption for s in scenes])
+    context = encode_captions(pipe, list(captions))
     maps = mean_attention(pipe, latents, context, index, scene_noise(seeds, tuple(latents.shape[1:])))
     binary = (resize_maps(normalize_minmax(maps), SIZE, SIZE) > 0.5).numpy()
     ious: dict[str, list[float]] = {}
@@ -181,15 +191,20 @@ def attention_gate(pipe, n: int, batch: int) -> tuple[list[Gate], dict[str, floa
     scenes = [sample_scene(seed, n_objects=2) for seed in seeds]
     check_one_token_per_word(pipe.tokenizer, scenes[0].caption)
     ious: dict[str, list[float]] = {}
+    bare: dict[str, list[float]] = {}
     for chunk, chunk_seeds in zip(batches(scenes, batch), batches(seeds, batch)):
         for kind, values in attention_ious(pipe, chunk, chunk_seeds).items():
             ious.setdefault(kind, []).extend(values)
+        for kind, values in attention_ious(pipe, chunk, chunk_seeds, bare=True).items():
+            bare.setdefault(kind, []).extend(values)
     means = {kind: float(np.mean(v)) for kind, v in ious.items()}
     gates = [
         Gate("attention IoU, shape words", means.get(SHAPE, 0.0), 0.55),
         Gate('attention IoU, "background"', means.get(BACKGROUND, 0.0), 0.80),
     ]
-    return gates, {f"{kind} (n={len(ious[kind])})": means[kind] for kind in (SHAPE, GENERIC, COLOR, BG_COLOR, BACKGROUND) if kind in ious}
+    details = {f"{kind} (n={len(ious[kind])})": means[kind] for kind in (SHAPE, GENERIC, COLOR, BG_COLOR, BACKGROUND) if kind in ious}
+    details.update({f"{kind}, caption without colour words (n={len(v)})": float(np.mean(v)) for kind, v in bare.items()})
+    return gates, details
 
 
 # --------------------------------------------------------------------------- b. samples
