@@ -190,7 +190,11 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         lines.append(f"- EM final IoU exceeds fixed by >= 0.05: {em['final'] - fx['final']:+.3f} ({'met' if em['final'] - fx['final'] >= 0.05 else 'missed'})")
         for key, label in (("fidelity", "fidelity (exact)"), ("score", "score (partial)")):
             if em[key] is not None and fx[key] is not None:
-                lines.append(f"- EM {label} >= fixed: {em[key]:.3f} vs {fx[key]:.3f} ({'met' if em[key] >= fx[key] else 'missed'})")
+                diff, se, n = paired_difference(results["em"], results["fixed"], key)
+                lines.append(
+                    f"- EM {label} >= fixed: {em[key]:.3f} vs {fx[key]:.3f} ({'met' if em[key] >= fx[key] else 'missed'};"
+                    f" per-concept paired difference {diff:+.3f} +- {se:.3f} standard error, {n} concepts)"
+                )
         if em["ratio"] is not None:
             lines.append(f"- EM cost per step <= 1.25x fixed: {em['ratio']:.2f}x ({'met' if em['ratio'] <= 1.25 else 'missed'})")
     for key, label in (("fidelity", "fidelity (exact)"), ("score", "score (partial)")):
@@ -206,6 +210,18 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
     (args.out.with_suffix(".json")).write_text(json.dumps({"seeds": seeds, "summary": summary, "per_step": per_step, "scenes": scenes}, indent=2))
     plot_modes(per_step, args.out.with_suffix(".png"))
     print("\n".join(lines))
+
+
+def paired_difference(a: list[dict], b: list[dict], key: str) -> tuple[float, float, int]:
+    """Mean and standard error of a[key] - b[key] over the concepts of the same scenes."""
+    diffs = [
+        ca[key] - cb[key]
+        for ra, rb in zip(a, b)
+        for ca, cb in zip(ra["fidelity"]["concepts"], rb["fidelity"]["concepts"])
+    ]
+    if len(diffs) < 2:
+        return float(np.mean(diffs)) if diffs else 0.0, float("nan"), len(diffs)
+    return float(np.mean(diffs)), float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), len(diffs)
 
 
 def per_concept(seed: int, record: dict) -> dict:
