@@ -42,22 +42,21 @@ def _scene_learner(tmp_path: Path, **settings) -> Learner:
 
 
 def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
-    learner = _scene_learner(tmp_path, masks="given")
+    learner = _scene_learner(tmp_path, masks="given")  # error_reference: init, the built-in default
     learner._make_optimizer("em")
     learner._estep(0, 2)
-    for _ in range(60):
+    for _ in range(150):
         learner._train_step()
     gain, attention = learner._error_maps(0, 8, seed=0)
     gts = [resize_mask(g, *gain.shape[-2:]) for g in learner.images[0].gt]
     inside = np.array([[gain[k][gt].mean() for gt in gts] for k in range(len(gts))])
     assert gain.shape == (3, 16, 16) and attention.shape == (3, learner.att, learner.att)
     assert (gain >= 0).all()
-    # the strongest effect is a token on its own concept, and it is specific there
-    # (a causal text encoder also lets a token's removal change its neighbours'
-    # encodings, so weaker tokens are not always specific: see README Results)
-    row, col = np.unravel_index(inside.argmax(), inside.shape)
-    assert row == col, inside.round(3)
-    assert inside[row, row] > 5 * np.delete(inside[row], row).max(), inside.round(3)
+    # what each object token learned beyond its init word lowers the error inside
+    # its own object more than twice as much as anywhere else (the background
+    # token, starting from the well-learned word "background", gains little)
+    for k in range(len(gts) - 1):
+        assert inside[k, k] > 2 * np.delete(inside[k], k).max(), inside.round(4)
 
 
 @pytest.mark.parametrize("signal,reference", [("attention", "drop"), ("error", "drop"), ("both", "drop"), ("both", "init")])

@@ -89,6 +89,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = dict(
     # word's) and E-steps made masks worse (0.397); 1e-3 gave 0.532
     token_lr=1e-3,
     mask_signal="both",  # attention + denoising-error reduction: 0.611 vs attention alone 0.532
+    # the error signal's reference puts k's init word in k's place: the causal text
+    # encoder then encodes the other tokens as in the full prompt (drop changes them)
+    error_reference="init",
     joint_token_lr=1e-3,
     weight_lr=1e-3,
     attn_weight=0.05,
