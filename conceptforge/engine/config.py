@@ -92,6 +92,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = dict(
     # the error signal's reference puts k's init word in k's place: the causal text
     # encoder then encodes the other tokens as in the full prompt (drop changes them)
     error_reference="init",
+    # no bound on how much an E-step may grow or shrink a mask: with the bound (2.5x)
+    # a wrong or tiny first mask stays; 24 scenes, final mean IoU 0.589 vs 0.517
+    area_change_max=1000.0,
     joint_token_lr=1e-3,
     weight_lr=1e-3,
     attn_weight=0.05,
