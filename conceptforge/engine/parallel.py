@@ -12,6 +12,7 @@ a no-op and learning runs exactly as in one process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
@@ -53,6 +54,7 @@ class Parallel:
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend)
+            atexit.register(_leave_group)
         return cls(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0") or 0))
 
     def device(self, device: torch.device) -> torch.device:
@@ -110,3 +112,12 @@ class Parallel:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+
+def _leave_group() -> None:
+    """Destroy the process group before the interpreter exits (gloo's threads
+    otherwise may abort the process at teardown)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
