@@ -175,7 +175,7 @@ def train_unet(
     if start >= steps or export_only:
         return unet, text_encoder, ema
     noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_kwargs().items() if k != "set_alpha_to_one"})
-    ids_all = tokenizer(data["captions"], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids_all = _caption_ids(tokenizer, data["captions"])
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     sf = data["scaling_factor"]
     size = data["mean"].shape[-1]
@@ -230,6 +230,11 @@ def train_unet(
     return unet, text_encoder, ema
 
 
+def _caption_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids of captions, padded (and truncated) to the tokenizer's length."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
 def _color_dropout(tokenizer, data: dict, idx: torch.Tensor, p: float, rng: np.random.Generator):
     """Token ids, tracked positions and validity of a batch's captions after `drop_color_words`."""
     captions, index, valid = [], [], []
@@ -238,8 +243,7 @@ def _color_dropout(tokenizer, data: dict, idx: torch.Tensor, p: float, rng: np.r
         captions.append(caption)
         index.append(ix)
         valid.append(va)
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return ids, torch.from_numpy(np.stack(index)), torch.from_numpy(np.stack(valid))
+    return _caption_ids(tokenizer, captions), torch.from_numpy(np.stack(index)), torch.from_numpy(np.stack(valid))
 
 
 def export(out: Path, vae, unet, text_encoder, ema, tokenizer, scaling_factor: float, meta: dict) -> None:
