@@ -45,7 +45,7 @@ MODES = {
 }
 
 
-def scene_seeds(n: int) -> list[int]:
+def scene_seeds(n: int, skip: int = 0) -> list[int]:
     """Held-out seeds whose scenes have 2-3 objects of different shapes.
 
     Each object's concept is initialised from its shape word; two objects of
@@ -53,12 +53,12 @@ def scene_seeds(n: int) -> list[int]:
     coin toss for every method alike, so such scenes are left out.
     """
     seeds, s = [], SEED_BASE
-    while len(seeds) < n:
+    while len(seeds) < n + skip:
         shapes = [o.shape for o in sample_scene(s).objects]
         if len(shapes) >= 2 and len(set(shapes)) == len(shapes):
             seeds.append(s)
         s += 1
-    return seeds
+    return seeds[skip:]
 
 
 def make_scene_project(root: Path, seed: int) -> Path:
@@ -109,6 +109,7 @@ def per_step_curve(records: list[dict]) -> tuple[list[int], list[float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=12)
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first N held-out scenes (a second, disjoint set)")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt template for fidelity (0: skip)")
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--modes", default=",".join(MODES))
@@ -126,7 +127,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
-    seeds = scene_seeds(args.scenes)
+    seeds = scene_seeds(args.scenes, args.skip)
     results: dict[str, list[dict]] = {m: [] for m in modes}
     t0 = time.time()
     for seed in seeds:
@@ -146,9 +147,10 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
     lines = [
         "# Mask benchmark on the built-in world",
         "",
-        f"Produced by `python benchmarks/masks.py --scenes {args.scenes} --samples {args.samples}`"
+        f"Produced by `python benchmarks/masks.py --scenes {args.scenes} --samples {args.samples}"
+        + (f" --skip {args.skip}" if args.skip else "")
         + (f" --em-steps {args.em_steps}" if args.em_steps else "") + (f" --joint-steps {args.joint_steps}" if args.joint_steps else "")
-        + "".join(f" --set {kv}" for kv in args.set) + ".",
+        + "".join(f" --set {kv}" for kv in args.set) + "`.",
         "",
         f"{len(seeds)} held-out scenes (seeds {seeds[0]}-{seeds[-1]}, 2-3 objects of different shapes each), one concept per object plus one for the background; every mode has the same step budget.",
         "",

@@ -47,6 +47,7 @@ def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
     learner._estep(0, 2)
     for _ in range(150):
         learner._train_step()
+    learner.iteration = 1  # as in the second E-step, which reads the init reference
     gain, attention = learner._error_maps(0, 8, seed=0)
     gts = [resize_mask(g, *gain.shape[-2:]) for g in learner.images[0].gt]
     inside = np.array([[gain[k][gt].mean() for gt in gts] for k in range(len(gts))])
@@ -62,7 +63,7 @@ def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
 @pytest.mark.parametrize("signal,reference", [("attention", "drop"), ("error", "drop"), ("both", "drop"), ("both", "init")])
 def test_every_signal_gives_normalised_maps(tmp_path, signal, reference):
     learner = _scene_learner(tmp_path, masks="em", mask_signal=signal, error_reference=reference)
-    learner.iteration = 1  # a later E-step: the first always uses attention
+    learner.iteration = 1  # a later E-step: the first reads init_mask_signal
     maps = learner._mask_signal(0, 2, seed=0)
     assert maps.shape == (3, learner.att, learner.att)
     assert np.allclose(maps.max(axis=(1, 2)), 1.0) and np.allclose(maps.min(axis=(1, 2)), 0.0)
@@ -77,6 +78,7 @@ def test_unknown_signal_is_an_input_error():
 
 def test_init_reference_measures_what_learning_added(tmp_path):
     learner = _scene_learner(tmp_path, masks="em", error_reference="init")
+    learner.iteration = 1  # a later E-step
     data = learner.images[0]
     with torch.no_grad():
         untrained, _ = learner._encode_prompt(data.tokens, data.background)
@@ -86,3 +88,20 @@ def test_init_reference_measures_what_learning_added(tmp_path):
         reference = learner._reference_context(data, 0)
     assert reference.shape == learned.shape
     assert torch.allclose(reference, untrained) and not torch.allclose(reference, learned)
+
+
+def test_first_estep_error_signal_drops_each_concept(tmp_path):
+    """At the first E-step the tokens still equal their init words, so the init
+    reference would measure nothing: the error signal drops k instead."""
+    learner = _scene_learner(tmp_path, masks="em", init_mask_signal="error", error_reference="init")
+    learner.iteration = 0
+    data = learner.images[0]
+    with torch.no_grad():
+        full, _ = learner._encode_prompt(data.tokens, data.background)
+        assert not torch.allclose(learner._reference_context(data, 0), full)
+    gain, _ = learner._error_maps(0, 2, seed=0)
+    assert (gain.reshape(len(data.tokens), -1).max(axis=1) > 0).all()
+    maps = learner._mask_signal(0, 2, seed=0)
+    assert np.allclose(maps.max(axis=(1, 2)), 1.0) and np.allclose(maps.min(axis=(1, 2)), 0.0)
+    with pytest.raises(InputError, match="init_mask_signal"):
+        resolve_config(True, {}, {"init_mask_signal": "colour"})

@@ -226,8 +226,9 @@ class Learner:
 
     def _reference_context(self, data: ImageData, k: int) -> torch.Tensor:
         """Text states of the image's prompt without concept k (`error_reference: drop`)
-        or with k's init word in its place (`init`; "object" when it has none)."""
-        if self.cfg.error_reference == "init":
+        or with k's init word in its place (`init`; "object" when it has none).
+        The first E-step always drops k: its tokens still equal their init words."""
+        if self.cfg.error_reference == "init" and self.iteration > 0:
             words = list(data.tokens)
             words[k] = self.project.concept_init(data.tokens[k]) or "object"
             background = data.background
@@ -240,13 +241,13 @@ class Learner:
     def _mask_signal(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
         """The E-step's per-concept soft maps, min-max normalised: (K, att, att).
 
-        The first E-step (and `mask_signal: attention`) uses the tokens'
-        cross-attention; later ones may use the denoising-error reduction of
-        each token (`error`) or the mean of both (`both`).  Min-max, not max
+        The first E-step reads `init_mask_signal`, later ones `mask_signal`:
+        the tokens' cross-attention (`attention`), the denoising-error
+        reduction of each token (`error`) or the mean of both (`both`).  Min-max, not max
         alone: attention maps have a floor (a background token's is high
         everywhere) that max-normalisation would leave above the threshold.
         """
-        signal = self.cfg.mask_signal if self.iteration > 0 else "attention"
+        signal = self.cfg.mask_signal if self.iteration > 0 else self.cfg.init_mask_signal
         if signal == "attention":
             return normalize_minmax(torch.from_numpy(self._attention_maps(image, n_timesteps, seed))).numpy()
         gain, attention = self._error_maps(image, n_timesteps, seed)
