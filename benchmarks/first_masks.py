@@ -1,0 +1,112 @@
+"""First masks on the built-in world: how well each `init_mask_signal` places
+the initial masks, before any token has learned anything.
+
+On the held-out scenes of `benchmarks/masks.py` (each object's concept
+initialised from its shape word, one for the background), compute the first
+E-step's masks with each signal and report, for object concepts: mean IoU with
+their own exact mask, the share placed right (IoU > 0.5), and the share placed
+on another object (IoU with another object's mask above 0.2 and above its own);
+and the background's mean IoU.
+
+    python benchmarks/first_masks.py [--scenes 24] [--signals attention,error,both]
+
+Writes benchmarks/results/first_masks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from masks import BACKGROUND_TOKEN, make_scene_project, scene_seeds  # noqa: E402
+
+from conceptforge.engine import masks as mask_ops  # noqa: E402
+from conceptforge.engine.backbone import resolve_source  # noqa: E402
+from conceptforge.engine.config import MASK_SIGNALS, resolve_config  # noqa: E402
+from conceptforge.engine.em import Learner  # noqa: E402
+from conceptforge.engine.runs import new_run  # noqa: E402
+from conceptforge.project import Project  # noqa: E402
+
+
+def first_masks(learner: Learner, signal: str) -> list[np.ndarray]:
+    """The masks the first E-step would make on image 0 with `signal`."""
+    learner.cfg = replace(learner.cfg, init_mask_signal=signal)
+    learner.iteration = 0
+    data = learner.images[0]
+    maps = learner._mask_signal(0, learner.cfg.init_mask_timesteps, learner.cfg.seed * 1000)
+    return list(mask_ops.refine_masks(data.rgb, maps, threshold=learner.cfg.threshold, use_crf=learner.cfg.crf, has_background=any(data.background)))
+
+
+def score_scene(learner: Learner, masks: list[np.ndarray]) -> list[dict]:
+    """Per concept: IoU with its own exact mask and the best IoU with another object's."""
+    data = learner.images[0]
+    objects = [k for k, t in enumerate(data.tokens) if t != BACKGROUND_TOKEN]
+    rows = []
+    for k, mask in enumerate(masks):
+        other = max([mask_ops.iou(mask, data.gt[j]) for j in objects if j != k] or [0.0])
+        rows.append({"token": data.tokens[k], "own": mask_ops.iou(mask, data.gt[k]), "other": other})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    objs = [r for r in rows if r["token"] != BACKGROUND_TOKEN]
+    bg = [r for r in rows if r["token"] == BACKGROUND_TOKEN]
+    return {
+        "objects": float(np.mean([r["own"] for r in objs])),
+        "right": float(np.mean([r["own"] > 0.5 for r in objs])),
+        "on_other": float(np.mean([r["other"] > max(r["own"], 0.2) for r in objs])),
+        "background": float(np.mean([r["own"] for r in bg])),
+        "n_objects": len(objs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=24)
+    ap.add_argument("--signals", default=",".join(MASK_SIGNALS))
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "first_masks")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "first_masks.md")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    signals = [s for s in args.signals.split(",") if s]
+    rows: dict[str, list[dict]] = {s: [] for s in signals}
+    seeds = scene_seeds(args.scenes)
+    for seed in seeds:
+        project = Project.load(make_scene_project(args.work / str(seed), seed))
+        config = resolve_config(True, {}, {})
+        learner = Learner(project, new_run(project.runs_dir, config.masks), config, resolve_source(project.model))
+        learner._setup()
+        for s in signals:
+            scored = score_scene(learner, first_masks(learner, s))
+            rows[s] += scored
+            print(f"scene {seed} {s:9s} " + " ".join(f"{r['token']} {r['own']:.2f}" for r in scored), flush=True)
+    lines = [
+        "# First masks on the built-in world, by `init_mask_signal`",
+        "",
+        f"Produced by `python benchmarks/first_masks.py --scenes {args.scenes}`: {len(seeds)} held-out scenes"
+        f" (seeds {seeds[0]}-{seeds[-1]}), {summarise(rows[signals[0]])['n_objects']} object concepts.",
+        "",
+        "| signal | objects: mean IoU | placed right (IoU > 0.5) | placed on another object | background IoU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in signals:
+        m = summarise(rows[s])
+        lines.append(f"| {s} | {m['objects']:.3f} | {m['right']:.2f} | {m['on_other']:.2f} | {m['background']:.3f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
