@@ -149,6 +149,7 @@ def write_report(args, seeds: list[int], modes: list[str], results: dict[str, li
         "",
         f"Produced by `python benchmarks/masks.py --scenes {args.scenes} --samples {args.samples}"
         + (f" --skip {args.skip}" if args.skip else "")
+        + (f" --modes {args.modes}" if args.modes != ",".join(MODES) else "")
         + (f" --em-steps {args.em_steps}" if args.em_steps else "") + (f" --joint-steps {args.joint_steps}" if args.joint_steps else "")
         + "".join(f" --set {kv}" for kv in args.set) + "`.",
         "",
