@@ -40,9 +40,8 @@ def first_masks(learner: Learner, signal: str) -> list[np.ndarray]:
     """The masks the first E-step would make on image 0 with `signal`."""
     learner.cfg = replace(learner.cfg, init_mask_signal=signal)
     learner.iteration = 0
-    data = learner.images[0]
-    maps = learner._mask_signal(0, learner.cfg.init_mask_timesteps, learner.cfg.seed * 1000)
-    return list(mask_ops.refine_masks(data.rgb, maps, threshold=learner.cfg.threshold, use_crf=learner.cfg.crf, has_background=any(data.background)))
+    _, masks = learner._estimate_masks(learner.cfg.init_mask_timesteps)[0]
+    return masks
 
 
 def score_scene(learner: Learner, masks: list[np.ndarray]) -> list[dict]:

@@ -227,7 +227,8 @@ class Learner:
     def _reference_context(self, data: ImageData, k: int) -> torch.Tensor:
         """Text states of the image's prompt without concept k (`error_reference: drop`)
         or with k's init word in its place (`init`; "object" when it has none).
-        The first E-step always drops k: its tokens still equal their init words."""
+        The first E-step always drops k: without `init_steps` its tokens still
+        equal their init words, and the init reference would measure nothing."""
         if self.cfg.error_reference == "init" and self.iteration > 0:
             words = list(data.tokens)
             words[k] = self.project.concept_init(data.tokens[k]) or "object"
