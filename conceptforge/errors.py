@@ -19,5 +19,9 @@ class ProjectBusyError(InputError):
     """Another `learn` holds the project's lock."""
 
 
+class CheckpointError(InputError):
+    """A run's checkpoint file cannot be read safely (damaged, cut short or from an older version)."""
+
+
 class TrainingDiverged(ConceptforgeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
