@@ -64,20 +64,6 @@ BILATERAL_SRGB = 5
 BILATERAL_COMPAT = 10
 _PROB_FLOOR = 1e-8
 
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (255, 225, 25),
-    (145, 30, 180),
-    (245, 130, 48),
-    (70, 240, 240),
-    (240, 50, 230),
-    (128, 128, 0),
-    (0, 0, 128),
-)
-
-
 class MaskSizeError(ValueError):
     """A mask file's size differs from the size it must have."""
 
@@ -248,40 +234,5 @@ def _save_atomic(img: Image.Image, path: Path) -> None:
 
 # --------------------------------------------------------------------------- pictures
 
-
-def overlay(image: Image.Image, masks: Sequence[np.ndarray], alpha: float = 0.5) -> Image.Image:
-    """The image with each mask tinted a distinct palette colour (masks resized to the image if needed)."""
-    out = np.asarray(image.convert("RGB"), np.float32).copy()
-    height, width = out.shape[:2]
-    for k, mask in enumerate(masks):
-        mask = np.asarray(mask, bool)
-        if mask.shape != (height, width):
-            mask = resize_mask(mask, height, width)
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(PALETTE[k % len(PALETTE)], np.float32)
-    return Image.fromarray(np.round(out).astype(np.uint8), "RGB")
-
-
-def contact_sheet(rows: list[list[Image.Image]], labels: list[str] | None = None, cell: int = 96) -> Image.Image:
-    """A grid of cell×cell thumbnails, one row per concept and one column per iteration, labels at the left."""
-    if labels is not None and len(labels) != len(rows):
-        raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
-    font = ImageFont.load_default()
-    margin = _label_margin(labels or [], font)
-    columns = max((len(row) for row in rows), default=0)
-    sheet = Image.new("RGB", (margin + columns * cell, len(rows) * cell), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, row in enumerate(rows):
-        for c, picture in enumerate(row):
-            sheet.paste(picture.convert("RGB").resize((cell, cell), Image.BILINEAR), (margin + c * cell, r * cell))
-        if labels:
-            top, bottom = draw.textbbox((0, 0), labels[r], font=font)[1::2]
-            draw.text((4, r * cell + (cell - top - bottom) // 2), labels[r], fill="black", font=font)
-    return sheet
-
-
-def _label_margin(labels: list[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    """Width of the label column: the widest label plus padding, 0 without labels."""
-    if not labels:
-        return 0
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return max(int(probe.textlength(label, font=font)) for label in labels) + 8
+# The picture functions live in .pictures; these names stay importable from here.
+from .pictures import PALETTE, _label_margin, contact_sheet, overlay  # noqa: E402,F401
