@@ -299,8 +299,52 @@ def test_deep_nesting_is_a_checkpoint_error(tmp_path):
     _damaged(tmp_path, _with_metadata(tmp_path, text))
 
 
-def test_no_torch_load_in_the_package():
+def test_checkpoint_modules_never_use_torch_load():
     root = Path(__file__).resolve().parents[1] / "conceptforge"
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py") if "torch.load" in p.read_text()]
     own = {"engine/checkpoint.py", "fsutil.py", "engine/runs.py"}
     assert not own & set(hits)
+
+
+def test_a_learner_like_state_round_trips(tmp_path):
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW([{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "lr": 1e-4, "weight_decay": 0.0}])
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.randn(2, 4)).sum())
+    state = {
+        "phase": "joint",
+        "step": 7,
+        "iteration": 3,
+        "converged": False,
+        "rows": torch.randn(2, 8),
+        "opt": opt.state_dict(),
+        "scaler": scaler.state_dict(),
+        "masks": {"0|<a>": np.random.rand(8, 8) > 0.5, "1|<b>": np.zeros((8, 8), bool)},
+        "soft": {"0|<a>": np.random.rand(8, 8).astype(np.float32)},
+        "streams": [[list(random.Random(3).getstate()[1][:5]), torch.Generator().manual_seed(3).get_state()]],
+        "weights": dict(model.state_dict()),
+    }
+    assert_same(state, load_checkpoint(save_checkpoint(tmp_path, state).parent))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_tensors_come_back_on_the_cpu(tmp_path):
+    t = torch.randn(3, 3, device="cuda", dtype=torch.bfloat16)
+    loaded = load_checkpoint(save_checkpoint(tmp_path, {"t": t}).parent)["t"]
+    assert loaded.device.type == "cpu" and torch.equal(loaded, t.cpu())
+
+
+def test_state_files_at_any_path(tmp_path):
+    from conceptforge.engine.checkpoint import read_state, write_state
+
+    path = tmp_path / "work" / "unet.safetensors"
+    state = {"step": 4, "model": OrderedDict(w=torch.ones(2, 2))}
+    write_state(path, state)
+    assert_same(state, read_state(path))
+    with pytest.raises(FileNotFoundError):
+        read_state(tmp_path / "missing.safetensors")
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match=r"unet\.safetensors cannot be read .*; delete it to start afresh\.$"):
+        read_state(path)

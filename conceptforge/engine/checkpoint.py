@@ -33,6 +33,30 @@ VERSION = "1"
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` to folder/state.safetensors atomically; return the path."""
+    path = folder / STATE_FILE
+    write_state(path, state)
+    return path
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The state saved in `folder`, or None when there is no checkpoint.
+
+    Raises CheckpointError for a file that cannot be read, and for a checkpoint
+    of an older version (a pickle, which is never opened)."""
+    path = folder / STATE_FILE
+    way_on = f"start a new run with `{_fresh_run_command(folder)}`"
+    if not path.is_file():
+        legacy = folder / LEGACY_FILE
+        if legacy.exists():
+            raise CheckpointError(
+                f"The checkpoint {legacy} is from an older version of conceptforge and cannot be opened safely; {way_on}."
+            )
+        return None
+    return read_state(path, way_on)
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to the safetensors file `path` atomically."""
     if type(state) is not dict:
         raise TypeError(f"a checkpoint state is a dict, not {type(state).__name__}")
     tensors: dict[str, torch.Tensor] = {}
@@ -43,56 +67,38 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
         "structure": json.dumps(structure, separators=(",", ":")),
         "sha256": _digest(tensors),
     }
-    path = folder / STATE_FILE
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return path
 
 
-def load_checkpoint(folder: Path) -> dict[str, Any] | None:
-    """The state saved in `folder`, or None when there is no checkpoint.
+def read_state(path: Path, way_on: str = "delete it to start afresh") -> dict[str, Any]:
+    """The state in the safetensors file `path` (as write_state wrote it).
 
-    Raises CheckpointError for a file that cannot be read, and for a checkpoint
-    of an older version (a pickle, which is never opened)."""
-    path = folder / STATE_FILE
+    Raises FileNotFoundError when there is no such file, and CheckpointError,
+    ending with `way_on`, when it cannot be read."""
     if not path.is_file():
-        legacy = folder / LEGACY_FILE
-        if legacy.exists():
-            raise CheckpointError(
-                f"The checkpoint {legacy} is from an older version of conceptforge and cannot be opened safely; "
-                f"start a new run with `{_way_on(folder)}`."
-            )
-        return None
+        raise FileNotFoundError(path)
     try:
         return _read(path)
-    except CheckpointError:
-        raise
     except Exception:  # noqa: BLE001 - any failure to parse means the file is unreadable
-        raise _unreadable(path) from None
+        raise CheckpointError(f"The checkpoint {path} cannot be read (it is damaged or cut short); {way_on}.") from None
 
 
 def _read(path: Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt", device="cpu") as fh:
         meta = fh.metadata() or {}
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise _unreadable(path)
+            raise ValueError("not a conceptforge state")
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     if meta.get("sha256") != _digest(tensors):
-        raise _unreadable(path)
-    decoder = _Decoder(tensors, path)
+        raise ValueError("digest mismatch")
+    decoder = _Decoder(tensors)
     state = decoder.decode(json.loads(meta["structure"]))
     if type(state) is not dict or decoder.used != set(tensors):
-        raise _unreadable(path)
+        raise ValueError("not a state")
     return state
 
 
-def _unreadable(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"The checkpoint {path} cannot be read (it is damaged or cut short); "
-        f"start a new run with `{_way_on(path.parent)}`."
-    )
-
-
-def _way_on(folder: Path) -> str:
+def _fresh_run_command(folder: Path) -> str:
     """The command that starts afresh, naming the project when the folder sits in runs/<id>/checkpoints."""
     runs = folder.parent.parent
     project = str(runs.parent) if folder.name == "checkpoints" and runs.name == "runs" else "DIR"
@@ -161,13 +167,13 @@ class _Encoder:
 class _Decoder:
     """Rebuilds a state from its structure, checking every node is one we write."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], path: Path):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
         self.tensors = tensors
-        self.path = path
         self.used: set[str] = set()
 
-    def fail(self) -> CheckpointError:
-        return _unreadable(self.path)
+    @staticmethod
+    def fail() -> ValueError:
+        return ValueError("not a structure this module writes")
 
     def decode(self, node: Any) -> Any:
         kind = type(node)
