@@ -21,7 +21,7 @@ def test_full_flow(tmp_path, tiny_model, scene_files):
     runs = [p for p in (proj / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1
     run = runs[0]
-    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "state.pt").is_file()
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "state.safetensors").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     esteps = [r for r in records if r["kind"] == "estep"]
@@ -103,7 +103,7 @@ def test_evaluate_reports_iou_per_estep(tmp_path, tiny_model, scene_files):
         assert c["steps"][0] == 0 and len(c["steps"]) == len(c["iou"]) >= 2
         assert all(0.0 <= v <= 1.0 for v in c["iou"])
     assert "clip" in result["skipped"]  # no local CLIP weights for a non-built-in model
-    assert Image.open(plot).size == (640, 400)
+    assert min(Image.open(plot).size) >= 300  # a readable plot
 
 
 def test_one_token_from_several_images(tmp_path, tiny_model, scene_files):

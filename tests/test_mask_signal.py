@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conceptforge.engine.backbone import resolve_source
 from conceptforge.engine.config import resolve_config
-from conceptforge.engine.em import Learner
+from conceptforge.engine.learn import build_trainer
+from conceptforge.engine.trainer import Trainer
+from conceptforge.engine.attention import normalize_minmax
 from conceptforge.engine.masks import resize_mask
-from conceptforge.engine.runs import new_run
 from conceptforge.errors import InputError
 from conceptforge.project import Project
 from conceptforge.shapes.world import sample_scene
@@ -22,7 +22,7 @@ from conceptforge.shapes.world import sample_scene
 SCENE_SEED = 800021  # held out: a two-object scene of distinct shapes
 
 
-def _scene_learner(tmp_path: Path, **settings) -> Learner:
+def _scene_learner(tmp_path: Path, **settings) -> Trainer:
     scene = sample_scene(SCENE_SEED)
     project = Project.create(tmp_path / "proj")
     image = tmp_path / "scene.png"
@@ -36,22 +36,19 @@ def _scene_learner(tmp_path: Path, **settings) -> Learner:
         project.add_concept(image, "<bg>" if background else f"<o{k}>", init=init, gt_mask=path, background=background)
     project = Project.load(project.root)
     config = resolve_config(True, {}, settings)
-    learner = Learner(project, new_run(project.runs_dir, config.masks), config, resolve_source(project.model))
-    learner._setup()
-    return learner
+    return build_trainer(project, config)
 
 
 def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
     learner = _scene_learner(tmp_path, masks="given")  # error_reference: init, the built-in default
-    learner._make_optimizer("em")
-    learner._estep(0, 2)
+    learner.start()
     for _ in range(150):
-        learner._train_step()
-    learner.iteration = 1  # as in the second E-step, which reads the init reference
-    gain, attention = learner._error_maps(0, 8, seed=0)
+        learner.train_step()
+    # as in the second E-step, which reads the init reference
+    gain, attention = learner.estimator.error_maps(0, 8, seed=0, use_init=True)
     gts = [resize_mask(g, *gain.shape[-2:]) for g in learner.images[0].gt]
     inside = np.array([[gain[k][gt].mean() for gt in gts] for k in range(len(gts))])
-    assert gain.shape == (3, 16, 16) and attention.shape == (3, learner.att, learner.att)
+    assert gain.shape == (3, 16, 16) and attention.shape == (3, learner.model.att, learner.model.att)
     assert (gain >= 0).all()
     # what each object token learned beyond its init word lowers the error inside
     # its own object more than twice as much as anywhere else (the background
@@ -60,13 +57,21 @@ def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
         assert inside[k, k] > 2 * np.delete(inside[k], k).max(), inside.round(4)
 
 
-@pytest.mark.parametrize("signal,reference", [("attention", "drop"), ("error", "drop"), ("both", "drop"), ("both", "init")])
-def test_every_signal_gives_normalised_maps(tmp_path, signal, reference):
-    learner = _scene_learner(tmp_path, masks="em", mask_signal=signal, error_reference=reference)
-    learner.iteration = 1  # a later E-step: the first reads init_mask_signal
-    maps = learner._mask_signal(0, 2, seed=0)
-    assert maps.shape == (3, learner.att, learner.att)
-    assert np.allclose(maps.max(axis=(1, 2)), 1.0) and np.allclose(maps.min(axis=(1, 2)), 0.0)
+@pytest.mark.parametrize("reference", ["drop", "init"])
+def test_signals_read_what_their_settings_say(tmp_path, reference):
+    """attention: the attention pass; error: the normalised error gain; both:
+    the normalised mean of the two, from the same passes."""
+    estimator = _scene_learner(tmp_path, masks="em", error_reference=reference).estimator
+    gain, attention = estimator.error_maps(0, 2, seed=5, use_init=reference == "init")
+    err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), attention.shape[-1]))
+    both = normalize_minmax((err + normalize_minmax(torch.from_numpy(attention))) / 2).numpy()
+    for signal, expected in (("error", err.numpy()), ("both", both)):
+        estimator.cfg = estimator.cfg.model_copy(update={"mask_signal": signal})
+        assert np.allclose(estimator.signal(0, 1, 2, seed=5), expected, atol=1e-6)
+    estimator.cfg = estimator.cfg.model_copy(update={"mask_signal": "attention"})
+    plain = normalize_minmax(torch.from_numpy(estimator.attention_maps(0, 2, seed=5))).numpy()
+    assert np.allclose(estimator.signal(0, 1, 2, seed=5), plain, atol=1e-6)
+    assert not np.allclose(plain, both, atol=1e-3)  # the two signals differ
 
 
 def test_unknown_signal_is_an_input_error():
@@ -78,14 +83,13 @@ def test_unknown_signal_is_an_input_error():
 
 def test_init_reference_measures_what_learning_added(tmp_path):
     learner = _scene_learner(tmp_path, masks="em", error_reference="init")
-    learner.iteration = 1  # a later E-step
-    data = learner.images[0]
+    data, prompts = learner.images[0], learner.prompts
     with torch.no_grad():
-        untrained, _ = learner._encode_prompt(data.tokens, data.background)
-        assert torch.allclose(learner._reference_context(data, 0), untrained)  # a token still at its init word gains nothing
-        learner.rows.rows[0] += 0.05  # as if <o0> had learned
-        learned, _ = learner._encode_prompt(data.tokens, data.background)
-        reference = learner._reference_context(data, 0)
+        untrained, _ = prompts.encode(data.tokens, data.background)
+        assert torch.allclose(prompts.reference(data, 0, use_init=True), untrained)  # a token still at its init word gains nothing
+        learner.model.rows.rows[0] += 0.05  # as if <o0> had learned
+        learned, _ = prompts.encode(data.tokens, data.background)
+        reference = prompts.reference(data, 0, use_init=True)
     assert reference.shape == learned.shape
     assert torch.allclose(reference, untrained) and not torch.allclose(reference, learned)
 
@@ -94,14 +98,14 @@ def test_first_estep_error_signal_drops_each_concept(tmp_path):
     """At the first E-step the tokens still equal their init words, so the init
     reference would measure nothing: the error signal drops k instead."""
     learner = _scene_learner(tmp_path, masks="em", init_mask_signal="error", error_reference="init")
-    learner.iteration = 0
-    data = learner.images[0]
+    data, estimator = learner.images[0], learner.estimator
     with torch.no_grad():
-        full, _ = learner._encode_prompt(data.tokens, data.background)
-        assert not torch.allclose(learner._reference_context(data, 0), full)
-    gain, _ = learner._error_maps(0, 2, seed=0)
-    assert (gain.reshape(len(data.tokens), -1).max(axis=1) > 0).all()
-    maps = learner._mask_signal(0, 2, seed=0)
-    assert np.allclose(maps.max(axis=(1, 2)), 1.0) and np.allclose(maps.min(axis=(1, 2)), 0.0)
+        full, _ = learner.prompts.encode(data.tokens, data.background)
+        assert not torch.allclose(learner.prompts.reference(data, 0, use_init=False), full)
+    dropped, _ = estimator.error_maps(0, 2, seed=0, use_init=False)
+    assert (dropped.reshape(len(data.tokens), -1).max(axis=1) > 0).all()
+    # iteration 0 reads the drop reference although error_reference is init
+    err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(dropped), learner.model.att)).numpy()
+    assert np.allclose(estimator.signal(0, 0, 2, seed=0), err, atol=1e-6)
     with pytest.raises(InputError, match="init_mask_signal"):
         resolve_config(True, {}, {"init_mask_signal": "colour"})

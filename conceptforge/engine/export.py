@@ -5,30 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from ..fsutil import write_text_atomic
 from .tokens import save_concept_files
-
-if TYPE_CHECKING:
-    from .em import Learner
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INDEX_FILE = "concepts.json"
 
 
-def export_concepts(out_dir: Path, learner: "Learner") -> list[Path]:
-    """Write DIR/concepts/: <name>.safetensors per token, LoRA or UNet, and an index."""
+def export_concepts(out_dir: Path, embeddings: dict[str, torch.Tensor], unet, finetune: str, model: str, run_id: str) -> list[Path]:
+    """Write DIR/concepts/: <name>.safetensors per token, LoRA or UNet (`finetune`), and an index."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = learner.rows.rows.detach().float().cpu()
-    paths = save_concept_files(out_dir, {t: rows[k] for k, t in enumerate(learner.tokens)})
-    finetune = learner.cfg.finetune if learner.cfg.joint_steps > 0 else "none"
+    paths = save_concept_files(out_dir, {t: v.detach().float().cpu() for t, v in embeddings.items()})
     if finetune == "lora":
-        paths.append(save_lora(out_dir, learner.unet))
+        paths.append(save_lora(out_dir, unet))
     elif finetune == "full":
-        learner.unet.save_pretrained(str(out_dir / "unet"))
+        unet.save_pretrained(str(out_dir / "unet"))
         paths.append(out_dir / "unet")
-    index = {"model": learner.project.model, "run": learner.run.id, "tokens": learner.tokens, "finetune": finetune}
+    index = {"model": model, "run": run_id, "tokens": list(embeddings), "finetune": finetune}
     write_text_atomic(out_dir / INDEX_FILE, json.dumps(index, indent=2) + "\n")
     return paths
 
@@ -44,7 +40,10 @@ def save_lora(out_dir: Path, unet) -> Path:
 
 
 def read_index(concepts_dir: Path) -> dict | None:
+    """The checked concepts.json of a concepts folder (see `check_concept_index`), or None when there is none."""
     path = concepts_dir / INDEX_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    from .tokens import check_concept_index
+
+    return check_concept_index(path)

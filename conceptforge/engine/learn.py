@@ -1,100 +1,209 @@
-"""Learn one project: resolve settings, take the lock, start or resume a run."""
+"""Learn one project: resolve and check the settings, take the lock, start or
+resume a run, load the model and data, train, export.
+
+Resume rule: an unfinished run (running, interrupted or failed) is resumed
+only when every setting asked for explicitly (in conceptforge.yaml or as an
+option) equals the run's, and the project's concepts are the ones it started
+with; otherwise `learn` refuses with one sentence naming the difference, and
+`--no-resume` starts a new run.  A run that fails before its first E-step is
+finished leaves nothing behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from ..errors import ConceptforgeError, InputError
+from ..fsutil import remove_stale_temp_files, write_yaml_atomic
 from ..project import Project
-from .backbone import resolve_source
-from .config import LearnConfig, resolve_config
+from .backbone import pick_device, resolve_source
+from .config import DEFAULTS, LearnConfig, resolve_config, validate_settings
+from .events import Event, EventBus
 from .parallel import Parallel
 from .runs import ProjectLock, RunDir, list_runs, new_run
 
+UNFINISHED = ("running", "failed", "interrupted")
+
 
 def unfinished_run(project: Project) -> RunDir | None:
-    runs = [r for r in list_runs(project.runs_dir) if r.state().get("status") in ("running", "failed", "interrupted")]
+    runs = [r for r in list_runs(project.runs_dir) if r.state().get("status") in UNFINISHED]
     return runs[-1] if runs else None
+
+
+def concept_signature(project: Project) -> list[dict[str, Any]]:
+    """What a run learns: each image (by content) and its concepts."""
+    return [
+        {"image": im.file, "sha256": im.sha256, "concepts": [c.to_dict() for c in im.concepts]}
+        for im in project.images
+    ]
 
 
 def learn_project(
     root: Path,
     overrides: dict[str, Any],
     resume: bool = True,
-    on_event: Callable | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the method on a project; return a summary."""
-    from .em import Learner
-
     par = Parallel.from_env()
     project = Project.load(root)
     if not project.concepts():
         raise InputError(f"The project {root} has no concepts; add one with `conceptforge add-concept`.")
+    project.check_files()
     source = resolve_source(project.model, project.model_config, base=project.root)
-    _check_given_masks(project, overrides)
+    requested = resolve_config(source.is_builtin, project.settings, overrides)
+    explicit = {k: getattr(requested, k) for k in {**project.settings, **{k: v for k, v in overrides.items() if v is not None}}}
     with contextlib.ExitStack() as held:
-        run, config = _pick_run(project, source, overrides, resume, par, held)
-        learner = Learner(project, run, config, source, on_event, parallel=par)
-        try:
-            result = learner.learn()
-        except KeyboardInterrupt:
-            _mark(run, par, status="interrupted")
-            raise
-        except ConceptforgeError as exc:
-            _mark(run, par, status="failed", error=str(exc))
-            raise
-        except Exception as exc:
-            _mark(run, par, status="failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        result["project"] = str(root)
-        result["config"] = config.to_dict()
-        return result
+        run, config, resumed = _pick_run(project, requested, explicit, resume, par, held)
+        return _learn(project, run, config, resumed, par, on_event)
+
+
+def build_trainer(project: Project, config: LearnConfig, parallel: Parallel | None = None, events: EventBus | None = None):
+    """Load the model and the project's images and return a Trainer for them
+    (nothing is written: subscribe a RunWriter to `events` for that)."""
+    from .bundle import load_bundle
+    from .data import prepare_images
+    from .estep import MaskEstimator
+    from .trainer import Trainer
+
+    par = parallel or Parallel()
+    source = resolve_source(project.model, project.model_config, base=project.root)
+    device = par.device(pick_device(config.device))
+    tokens = project.tokens()
+    model = load_bundle(source, tokens, {t: project.concept_init(t) for t in tokens}, config, device)
+    images = prepare_images(project, model)
+    return Trainer(model, images, config, MaskEstimator(model, images, config, par), par, events)
+
+
+def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, par: Parallel, on_event) -> dict[str, Any]:
+    from .checkpoint import load_checkpoint
+    from .export import export_concepts
+    from .run_writer import RunWriter
+
+    events = EventBus(on_event)
+    trainer = None
+    try:
+        _check_given_masks(project, config)
+        for warning in _warnings(config, pick_device(config.device)):
+            events(Event("warning", data={"message": warning}))
+        trainer = build_trainer(project, config, par, events)
+        model = trainer.model
+        if par.is_main:
+            events.subscribe(RunWriter(run, trainer.images, [project.image_path(e) for e in project.images]))
+        ckpt = load_checkpoint(run.checkpoints_dir) if resumed else None
+        if ckpt is not None:
+            trainer.restore(ckpt)
+            if par.is_main:
+                run.truncate_metrics(["em", "joint"], trainer.phase, trainer.step)
+            events(Event("resumed", trainer.phase, trainer.step, config.em_steps if trainer.phase == "em" else config.joint_steps, {"run": run.id}))
+        else:
+            if par.is_main:
+                run.clear_metrics()  # a run restarted before its first checkpoint
+            trainer.start()
+        summary = trainer.run()
+        paths: list[Path] = []
+        if par.is_main:
+            finetune = config.finetune if config.joint_steps > 0 else "none"
+            rows = model.rows.rows.detach()
+            paths = export_concepts(project.concepts_dir, {t: rows[k] for k, t in enumerate(model.tokens)}, model.unet, finetune, project.model, run.id)
+            run.set_state(status="finished")
+    except BaseException as exc:
+        _after_failure(run, par, exc, resumed, started=trainer is not None and trainer.iteration >= 0)
+        raise
+    result = {"run": run.id, "project": str(project.root), "exported": [str(p) for p in paths], "config": config.to_dict(), "resumed": resumed, **summary}
+    events(Event("done", data=result))
+    return result
+
+
+def _after_failure(run: RunDir, par: Parallel, exc: BaseException, resumed: bool, started: bool) -> None:
+    """Mark the run failed or interrupted; a new run that never finished its first E-step is removed."""
+    if not par.is_main:
+        return
+    if not resumed and not started:
+        shutil.rmtree(run.path, ignore_errors=True)
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        run.set_state(status="interrupted")
+    elif isinstance(exc, ConceptforgeError):
+        run.set_state(status="failed", error=str(exc))
+    else:
+        run.set_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _warnings(config: LearnConfig, device) -> list[str]:
+    out = []
+    message = config.schedule_warning()
+    if message:
+        out.append(message)
+    if config.mixed_precision == "fp16" and device.type == "cpu":
+        out.append("fp16 on a CPU is emulated and runs several times slower than fp32; use --mixed-precision bf16 or no.")
+    return out
 
 
 def _pick_run(
-    project: Project, source, overrides: dict[str, Any], resume: bool, par: Parallel, held: contextlib.ExitStack
-) -> tuple[RunDir, LearnConfig]:
-    """Take the project lock (into `held`), pick the run to continue or start one,
-    and resolve its settings; the main process decides and shares the choice,
-    and the others stop with its error if it fails."""
+    project: Project, requested: LearnConfig, explicit: dict[str, Any], resume: bool, par: Parallel, held: contextlib.ExitStack
+) -> tuple[RunDir, LearnConfig, bool]:
+    """Take the project lock (into `held`), pick the run to continue or start one;
+    the main process decides and shares the choice, the others stop with its
+    error if it fails."""
     if not par.is_main:
-        kind, text, payload = par.broadcast(None)
+        kind, text, payload, resumed = par.broadcast(None)
         if kind == "error":
             exc = ConceptforgeError(f"The main process stopped: {text}")
             exc.exit_code = payload
             raise exc
-        return RunDir(project.runs_dir / text), LearnConfig(**payload)
+        return RunDir(project.runs_dir / text), validate_settings(payload), resumed
     try:
         held.enter_context(ProjectLock(project.runs_dir))
+        remove_stale_temp_files(project.root)
         run = unfinished_run(project) if resume else None
         if run is not None:
-            import yaml
-
-            saved = yaml.safe_load(run.config_path.read_text()) if run.config_path.is_file() else {}
-            saved = {k: v for k, v in (saved or {}).items() if k not in ("model", "run")}
-            config = resolve_config(source.is_builtin, saved, {})
+            config = _resumable_config(project, run, requested, explicit)
+            resumed = True
         else:
-            config = resolve_config(source.is_builtin, project.settings, overrides)
+            config, resumed = requested, False
             run = new_run(project.runs_dir, config.masks)
+            write_yaml_atomic(run.config_path, {"model": project.model, "run": run.id, **config.to_dict(), "concepts": concept_signature(project)})
         run.set_state(status="running")
-    except Exception as exc:
+    except BaseException as exc:
         message = str(exc) if isinstance(exc, ConceptforgeError) else f"{type(exc).__name__}: {exc}"
-        par.broadcast(("error", message, getattr(exc, "exit_code", 1)))
+        par.broadcast(("error", message, getattr(exc, "exit_code", 1), False))
         raise
-    par.broadcast(("ok", run.path.name, config.to_dict()))
-    return run, config
+    par.broadcast(("ok", run.path.name, config.to_dict(), resumed))
+    return run, config, resumed
 
 
-def _mark(run: RunDir, par: Parallel, **state: Any) -> None:
-    if par.is_main:
-        run.set_state(**state)
+def _resumable_config(project: Project, run: RunDir, requested: LearnConfig, explicit: dict[str, Any]) -> LearnConfig:
+    """The unfinished run's settings, or InputError when what is asked for differs."""
+    way_on = f"start a new run with `conceptforge learn {project.root} --no-resume`"
+    try:
+        saved = yaml.safe_load(run.config_path.read_text()) if run.config_path.is_file() else None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise InputError(f"The unfinished run {run.id} has no readable config.yaml ({run.config_path}); {way_on}.")
+    settings = {k: v for k, v in saved.items() if k in DEFAULTS}
+    try:
+        config = validate_settings({**requested.to_dict(), **settings})
+    except InputError as exc:
+        raise InputError(f"The unfinished run {run.id} has settings this version cannot use ({exc}); {way_on}.") from None
+    differ = [f"{k} {getattr(config, k)!r} (asked: {v!r})" for k, v in explicit.items() if getattr(config, k) != v]
+    if differ:
+        raise InputError(
+            f"The unfinished run {run.id} uses {', '.join(differ)}; repeat its settings to resume it, or {way_on}."
+        )
+    if "concepts" in saved and saved["concepts"] != concept_signature(project):
+        raise InputError(f"The project's concepts or images changed since the unfinished run {run.id} started; {way_on}.")
+    return config
 
 
-def _check_given_masks(project: Project, overrides: dict[str, Any]) -> None:
-    mode = overrides.get("masks") or project.settings.get("masks")
-    if mode != "given":
+def _check_given_masks(project: Project, config: LearnConfig) -> None:
+    if config.masks != "given":
         return
     for entry, concept in project.concepts():
         if not concept.gt_mask:

@@ -1,0 +1,99 @@
+"""The model as the learner uses it: the pipeline's parts on one device, the
+concept tokens added and trainable, and cross-attention capture installed."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from .attention import AttentionStore, capture_factor, install_capture
+from .backbone import ModelSource, load_pipeline
+from .config import LearnConfig
+from .tokens import ConceptRows, add_concept_tokens
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass
+class ModelBundle:
+    """Tokenizer, text encoder, UNet, VAE and training scheduler, plus the
+    trainable concept rows and the attention store."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object  # DDPM with the pipeline's noise schedule
+    device: torch.device
+    is_builtin: bool
+    tokens: list[str]
+    token_ids: dict[str, int]
+    rows: ConceptRows
+    size: int  # image side in pixels
+    latent: int  # latent side
+    att: int  # attention map side
+    store: AttentionStore
+    precision: str = "no"
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to predict: the noise or the velocity."""
+        if self.prediction_type == "epsilon":
+            return noise
+        return self.scheduler.get_velocity(latents, noise, t)
+
+    def autocast(self) -> AbstractContextManager:
+        if self.precision == "no":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+def load_bundle(source: ModelSource, tokens: list[str], inits: dict[str, str | None], cfg: LearnConfig, device: torch.device) -> ModelBundle:
+    """Load the model, add the concept tokens and check the settings against it."""
+    from diffusers import DDPMScheduler
+
+    pipe = load_pipeline(source)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    check_model_settings(scheduler.config, cfg)
+    tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+    for module in (text_encoder, unet, vae):
+        module.requires_grad_(False)
+        module.to(device)
+    ids = add_concept_tokens(tokenizer, text_encoder, tokens, inits, seed=cfg.seed)
+    rows = ConceptRows(text_encoder, ids).to(device)
+    size = cfg.image_size or unet.config.sample_size * pipe.vae_scale_factor
+    latent = size // pipe.vae_scale_factor
+    factor = capture_factor(unet, latent, cfg.attention_resolution)
+    store = AttentionStore()
+    # installed for the learner's life: recording happens only while store.token_index
+    # is set, and gradient checkpointing's recomputation sees the same processors
+    install_capture(unet, store, factor)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+    return ModelBundle(
+        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler, device=device,
+        is_builtin=source.is_builtin, tokens=list(tokens), token_ids=dict(zip(tokens, ids)), rows=rows,
+        size=size, latent=latent, att=latent // factor, store=store, precision=cfg.mixed_precision,
+    )
+
+
+def check_model_settings(scheduler_config, cfg: LearnConfig) -> None:
+    """Settings that depend on the model: the prediction type and the timestep range."""
+    kind = scheduler_config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise InputError(f"The model predicts {kind!r}; conceptforge trains models that predict epsilon or v_prediction.")
+    steps = int(scheduler_config.get("num_train_timesteps", 1000))
+    if cfg.mask_t_max >= steps:
+        raise InputError(f"Setting mask_t_max = {cfg.mask_t_max} is not valid: the model has timesteps 0 to {steps - 1}.")

@@ -1,0 +1,49 @@
+"""The run writer: a subscriber to the trainer's events that keeps the run
+folder (metrics.jsonl, mask PNGs per E-step, checkpoints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..fsutil import append_jsonl, atomic_write
+from ..imageio import open_rgb
+from . import masks as mask_ops
+from .checkpoint import save_checkpoint
+from .data import ImageData
+from .estep import EStepResult
+from .events import Event
+from .runs import RunDir
+
+
+class RunWriter:
+    """Writes what the trainer reports into runs/<id>/."""
+
+    def __init__(self, run: RunDir, images: list[ImageData], image_paths: list[Path]) -> None:
+        self.run = run
+        self.images = images
+        self.image_paths = image_paths
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "step":
+            append_jsonl(self.run.metrics_path, {"kind": "step", "phase": event.phase, "step": event.step, **{k: round(v, 6) for k, v in event.data.items()}})
+        elif event.kind == "estep":
+            self.write_masks(event.payload)
+            append_jsonl(self.run.metrics_path, event.data)
+        elif event.kind == "checkpoint":
+            save_checkpoint(self.run.checkpoints_dir, event.payload)
+
+    def write_masks(self, result: EStepResult) -> None:
+        """masks/iter_NNNN/<image>/<token>.png, <token>_attn.png and overlay.png at the image's own size."""
+        for i, data in enumerate(self.images):
+            folder = self.run.iteration_dir(result.iteration) / data.stem
+            folder.mkdir(parents=True, exist_ok=True)
+            w, h = data.original_size
+            full = []
+            for t in data.tokens:
+                name = t[1:-1]
+                mask = mask_ops.resize_mask(result.masks[(i, t)], h, w)
+                full.append(mask)
+                mask_ops.save_mask_png(mask, folder / f"{name}.png")
+                mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
+            picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
+            atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
