@@ -27,10 +27,40 @@ BUILTIN_BACKGROUND_TEMPLATES = ("a {t}", "a red circle on a {t}", "a yellow star
 SD_TEMPLATES = ("a photo of {t}", "a photo of {t} on a beach", "a painting of {t}")
 
 
+def checked_estep_records(run: RunDir) -> list[dict[str, Any]]:
+    """The run's E-step records (see `report.estep_records`), each checked for
+    the fields the reports read; a damaged metrics.jsonl is an InputError naming it."""
+    from ..errors import InputError
+
+    def bad(what: str) -> InputError:
+        return InputError(f"The metrics file {run.metrics_path} is damaged ({what}); run `conceptforge learn` again to rewrite it.")
+
+    try:
+        records = estep_records(run)
+    except (KeyError, TypeError):
+        raise bad("an E-step record has no iteration number") from None
+    for rec in records:
+        if not isinstance(rec.get("iteration"), int) or not isinstance(rec.get("step"), int):
+            raise bad("an E-step record has no iteration or step number")
+        masks = rec.get("masks")
+        if not isinstance(masks, list) or not all(isinstance(m, dict) for m in masks):
+            raise bad(f"E-step {rec['iteration']} has no list of masks")
+        for m in masks:
+            if not isinstance(m.get("image"), str) or not isinstance(m.get("token"), str) or len(m["token"]) < 3:
+                raise bad(f"a mask of E-step {rec['iteration']} names no image or token")
+            for key in ("area", "iou_prev", "iou_gt"):
+                value = m.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise bad(f"a mask of E-step {rec['iteration']} has a {key} that is not a number")
+            if not isinstance(m.get("area"), (int, float)):
+                raise bad(f"a mask of E-step {rec['iteration']} has no area")
+    return records
+
+
 def iou_curves(run: RunDir) -> dict[str, Any]:
     """IoU with the GT mask per concept at every E-step."""
     curves: dict[str, dict[str, Any]] = {}
-    for rec in estep_records(run):
+    for rec in checked_estep_records(run):
         for m in rec["masks"]:
             if m.get("iou_gt") is None:
                 continue
@@ -50,31 +80,12 @@ def iou_curves(run: RunDir) -> dict[str, Any]:
 
 
 def plot_curves(curves: dict[str, Any], out: Path, title: str) -> Path:
-    """IoU against step, one line per concept, drawn with PIL."""
-    from PIL import Image, ImageDraw
+    """IoU with the GT mask against step, one line per concept, as a matplotlib PNG."""
+    from ..fsutil import atomic_write
+    from .plots import iou_gt_png
 
-    w, h, pad = 640, 400, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    concepts = curves["concepts"]
-    max_step = max((max(c["steps"]) for c in concepts if c["steps"]), default=1) or 1
-    d.rectangle([pad, pad // 2, w - pad // 2, h - pad], outline="black")
-    for k in range(0, 11, 2):
-        y = h - pad - (h - 1.5 * pad) * k / 10
-        d.text((8, y - 6), f"{k / 10:.1f}", fill="black")
-    d.text((w // 2 - 20, h - pad + 10), f"step (0-{max_step})", fill="black")
-    d.text((pad, 4), title, fill="black")
-    colors = [tuple(int(v) for v in c) for c in mask_ops.PALETTE]
-    for i, c in enumerate(concepts):
-        pts = [(pad + (w - 1.5 * pad) * s / max_step, h - pad - (h - 1.5 * pad) * v) for s, v in zip(c["steps"], c["iou"])]
-        color = colors[i % len(colors)]
-        if len(pts) > 1:
-            d.line(pts, fill=color, width=2)
-        for x, y in pts:
-            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        d.text((w - 190, pad // 2 + 6 + 14 * i), f"{c['image']} {c['token']}", fill=color)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
+    data = iou_gt_png(curves["concepts"], title)
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out
 
 
@@ -98,8 +109,7 @@ def builtin_identities(project: Project, run: RunDir) -> list[ConceptIdentity]:
     last = run.iterations()[-1] if run.iterations() else None
     out: dict[str, ConceptIdentity] = {}
     for entry in project.images:
-        with Image.open(project.image_path(entry)) as im:
-            reading = recognise(im.convert("RGB"))
+        reading = recognise(_read_image(project.image_path(entry), "image"))
         for c in entry.concepts:
             if c.token in out:
                 continue
@@ -109,10 +119,44 @@ def builtin_identities(project: Project, run: RunDir) -> list[ConceptIdentity]:
             path = project.gt_mask_path(c)
             if path is None and last is not None:
                 path = run.iteration_dir(last) / entry.stem / f"{c.name}.png"
-            region = mask_ops.load_mask_png(path) if path is not None and path.is_file() else None
-            best = max(reading.objects, key=lambda o: mask_ops.iou(o.mask, region) if region is not None else o.mask.sum(), default=None)
+            region = _read_mask(path) if path is not None and path.is_file() else None
+            best = max(reading.objects, key=lambda o: _overlap(o.mask, region), default=None)
             out[c.token] = ConceptIdentity(c.token, False, list(best.colors) if best else [], best.shape if best else None)
     return list(out.values())
+
+
+def _overlap(found: np.ndarray, region: np.ndarray | None) -> float:
+    """IoU of a recognised object's mask with a concept's region, compared at
+    the object mask's size (the recogniser reads images at its own size, a
+    project's images and masks may have any); the object's area without a region."""
+    if region is None:
+        return float(found.sum())
+    if region.shape != found.shape:
+        region = mask_ops.resize_mask(region, *found.shape)
+    return mask_ops.iou(found, region)
+
+
+def _read_image(path: Path, what: str):
+    from PIL import Image
+
+    from ..errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"The {what} {path} is missing from the project.")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError):
+        raise InputError(f"The {what} {path} is damaged or not an image.") from None
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from ..errors import InputError
+
+    try:
+        return mask_ops.load_mask_png(path)
+    except (OSError, ValueError):
+        raise InputError(f"The mask {path} is damaged or not an image.") from None
 
 
 def builtin_fidelity(pipe, identities: list[ConceptIdentity], n: int, steps: int, guidance: float, seed: int) -> dict[str, Any]:
@@ -181,17 +225,16 @@ def _sample(pipe, prompt: str, n: int, steps: int, guidance: float, seed: int) -
 
 def clip_scores(pipe, project: Project, tokens: list[str], clip_path: Path, n: int, steps: int, guidance: float, seed: int) -> dict[str, Any]:
     """CLIP image similarity to the concept's image, and text similarity to the prompt without tokens."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    model = CLIPModel.from_pretrained(str(clip_path)).eval()
-    processor = CLIPProcessor.from_pretrained(str(clip_path))
-    from PIL import Image
+    model, processor = load_clip(clip_path)
 
     results = []
     for token in tokens:
-        entry = next(im for im in project.images if any(c.token == token for c in im.concepts))
-        with Image.open(project.image_path(entry)) as im:
-            reference = im.convert("RGB")
+        entry = next((im for im in project.images if any(c.token == token for c in im.concepts)), None)
+        if entry is None:
+            from ..errors import InputError
+
+            raise InputError(f"The learned token {token} is no concept of the project any more; run `conceptforge learn` again.")
+        reference = _read_image(project.image_path(entry), "image")
         img_sims, txt_sims = [], []
         for k, template in enumerate(SD_TEMPLATES):
             prompt = template.format(t=token)
@@ -206,3 +249,19 @@ def clip_scores(pipe, project: Project, tokens: list[str], clip_path: Path, n: i
             txt_sims.append(float((feats[:-1] @ text[0]).mean()))
         results.append({"token": token, "clip_image": float(np.mean(img_sims)), "clip_text": float(np.mean(txt_sims))})
     return {"concepts": results}
+
+
+def load_clip(clip_path: Path):
+    """A local CLIP model and its processor; a folder that is not one is an InputError."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from ..errors import InputError
+
+    if not clip_path.is_dir():
+        raise InputError(f"The CLIP model folder {clip_path} does not exist or is not a folder.")
+    try:
+        return CLIPModel.from_pretrained(str(clip_path), local_files_only=True).eval(), CLIPProcessor.from_pretrained(str(clip_path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a folder that is not a CLIP model
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        detail = lines[0].strip() if lines else "unreadable"
+        raise InputError(f"The folder {clip_path} is not a CLIP model transformers can load ({detail}).") from None

@@ -94,15 +94,17 @@ def contour(mask: np.ndarray) -> np.ndarray:
     return (mask & ~_shift_all(mask)) | (~mask & _shift_any(mask))
 
 
-def contrast_colour(image: Image.Image, mask: np.ndarray) -> tuple[int, int, int]:
+def contrast_colour(image: Image.Image, mask: np.ndarray | None = None) -> tuple[int, int, int]:
     """The outline colour farthest from the image's colours along the mask's boundary
-    (from the whole image when the mask has no boundary)."""
+    (from all the image's colours without a mask or when the mask has no boundary)."""
     rgb = np.asarray(image.convert("RGB"), np.float32)
-    mask = np.asarray(mask, bool)
-    if mask.shape != rgb.shape[:2]:
-        mask = _resize_mask(mask, *rgb.shape[:2])
-    line = contour(mask)
-    samples = rgb[line] if line.any() else rgb.reshape(-1, 3)
+    line = None
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != rgb.shape[:2]:
+            mask = _resize_mask(mask, *rgb.shape[:2])
+        line = contour(mask)
+    samples = rgb[line] if line is not None and line.any() else rgb.reshape(-1, 3)
     if len(samples) > 4096:
         samples = samples[:: len(samples) // 4096]
     candidates = np.asarray(OUTLINE_COLOURS, np.float32)

@@ -1,0 +1,101 @@
+"""Rendered pictures as data URIs, kept on disk by a key of their inputs (file,
+size, modification time, render settings), so a report rewritten after every
+E-step renders only the pictures that are new."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+from ...fsutil import current_umask
+
+VERSION = 1  # raise when pictures are drawn differently, so kept ones are drawn again
+_NAME = re.compile(r"^[0-9a-f]{40}\.png$")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("conceptforge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def fingerprint(path: Path | None) -> list[Any]:
+    if path is None:
+        return [None]
+    info = path.stat()
+    return [str(path), info.st_mtime_ns, info.st_size]
+
+
+class PictureCache:
+    """PNG pictures under `folder` named by the hash of what they were made from
+    (no folder: nothing is kept)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.used: set[str] = set()
+        self.rendered = 0
+
+    def uri(self, parts: list[Any], inputs: list[Path | None], render: Callable[[], Image.Image | bytes]) -> str:
+        """The picture for `parts` and `inputs` as a data URI, rendered only when not kept yet."""
+        return data_uri(self.get(parts, inputs, render))
+
+    def get(self, parts: list[Any], inputs: list[Path | None], render: Callable[[], Image.Image | bytes]) -> bytes:
+        key = hashlib.sha1(json.dumps([VERSION, _package_version(), parts, [fingerprint(p) for p in inputs]], default=str).encode()).hexdigest()
+        name = f"{key}.png"
+        self.used.add(name)
+        if self.folder is not None:
+            try:
+                return (self.folder / name).read_bytes()
+            except OSError:
+                pass
+        made = render()
+        data = made if isinstance(made, bytes) else png_bytes(made)
+        self.rendered += 1
+        if self.folder is not None:
+            self._store(name, data)
+        return data
+
+    def _store(self, name: str, data: bytes) -> None:
+        tmp = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)  # a cache that cannot be written only costs time
+
+    def prune(self) -> None:
+        """Remove kept pictures this report did not use (from older E-steps' files or settings)."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if _NAME.match(path.name) and path.name not in self.used:
+                path.unlink(missing_ok=True)
