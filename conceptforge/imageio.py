@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from .errors import InputError
 
 MAX_PIXELS = 64_000_000  # 64 megapixels, e.g. 8000x8000
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP", "AVIF", "PPM", "TGA")
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "AVIF", "PPM", "TGA")  # JPEG covers MPO
 FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP, AVIF, PPM or TGA"
 
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -62,7 +62,7 @@ def _read(path: Path, what: str, convert):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as im:
+            with Image.open(path, formats=_formats()) as im:
                 _check_size(im.size, path, what)
                 im.load()
                 upright = ImageOps.exif_transpose(im)
@@ -75,6 +75,12 @@ def _read(path: Path, what: str, convert):
         raise InputError(f"The {what} {path} is too large to read into memory.") from None
     except _READ_ERRORS as exc:
         raise InputError(f"The {what} {path} is not a readable image ({FORMAT_NAMES}; {type(exc).__name__}).") from None
+
+
+def _formats() -> list[str]:
+    """FORMATS that this Pillow can open (AVIF needs Pillow 11.2 or later)."""
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN]
 
 
 def _check_size(size: tuple[int, int], path: Path, what: str) -> None:

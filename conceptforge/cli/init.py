@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .common import ProjectDir, Quiet, console, handle_errors
 
@@ -15,7 +16,10 @@ def init_command(
     directory: ProjectDir,
     model: Annotated[str, typer.Option("--model", "-m", help="builtin:tiny-shapes, a diffusers folder, a .safetensors/.ckpt file, or a hub id.")] = "builtin:tiny-shapes",
     model_config: Annotated[Path | None, typer.Option("--model-config", help="Local diffusers folder with the configs of a single-file model (offline use).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Re-initialise an existing project (images and runs are kept).")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Re-initialise an existing project (images and runs are kept; a broken manifest is repaired and kept beside it)."),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Create a project folder."""
@@ -26,7 +30,15 @@ def init_command(
     source = resolve_source(model, str(model_config) if model_config else None)
     spec = model if source.kind in ("builtin", "hub") else str(source.path)
     project = Project.create(directory, model=spec, force=force, model_config=str(source.config) if source.config else None)
-    if not quiet:
-        console.print(f"Initialised [bold]{project.root}[/] with model [cyan]{spec}[/].")
-    else:
-        console.print(str(project.root))
+    repair = project.repair
+    if quiet:
+        console.print(str(project.root), markup=False, highlight=False)
+        return
+    if repair is not None:
+        console.print(
+            f"Repaired {project.manifest_path}: it could not be loaded ({repair.reason.rstrip('.')}); the broken file is kept as "
+            f"{repair.backup.name}, and {repair.kept} of its {repair.total} image entries were kept.",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"Initialised [bold]{escape(str(project.root))}[/] with model [cyan]{escape(spec)}[/].")
