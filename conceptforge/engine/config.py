@@ -222,7 +222,16 @@ def parse_set_option(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InputError(f"--set takes KEY=VALUE, not {pair!r}.")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            out[key] = raw
+            value = raw
+        out[key] = _number(value) if isinstance(value, str) else value
     return out
+
+
+def _number(text: str) -> Any:
+    """'1e-3' as 0.001 (YAML 1.1 reads exponents without a dot as text)."""
+    try:
+        return float(text) if any(c.isdigit() for c in text) else text
+    except ValueError:
+        return text

@@ -99,7 +99,7 @@ class Trainer:
         """One optimiser step on `batch_size` union samples; `attn_weight` overrides the setting."""
         cfg, model = self.cfg, self.model
         attn_weight = cfg.attn_weight if attn_weight is None else attn_weight
-        batch = [self._sample() for _ in range(cfg.batch_size)]
+        batch = [self.sample() for _ in range(cfg.batch_size)]
         kmax = max(len(s["tokens"]) for s in batch)
         z = torch.cat([s["latent"] for s in batch])
         with model.autocast():
@@ -132,7 +132,7 @@ class Trainer:
         self.scaler.update()
         return terms.as_floats()
 
-    def _sample(self) -> dict[str, Any]:
+    def sample(self) -> dict[str, Any]:
         """One union sample with its augmentation: latent, tokens and full-size masks."""
         cfg = self.cfg
         image, subset = self.sample_subset()

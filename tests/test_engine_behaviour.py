@@ -1,0 +1,214 @@
+"""What the trainer and the E-step promise: masks fixed when they must be,
+guards and convergence, union sampling, augmentation, batches, fine-tuning
+modes, precision and seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import make_project
+from conceptforge.engine.bundle import check_model_settings
+from conceptforge.engine.config import resolve_config
+from conceptforge.engine.data import encode_image
+from conceptforge.engine.learn import build_trainer
+from conceptforge.errors import InputError
+from conceptforge.project import Project
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model, scene_files) -> Project:
+    return Project.load(make_project(tmp_path, tiny_model, scene_files))
+
+
+def _trainer(project: Project, **settings):
+    return build_trainer(project, resolve_config(False, project.settings, settings))
+
+
+def _masks_copy(trainer):
+    return {k: v.copy() for k, v in trainer.masks.items()}
+
+
+def _set_signal(trainer, maps_by_image):
+    """Make the E-step read prescribed soft maps (per image: K x att x att)."""
+    trainer.estimator.signal = lambda image, iteration, n, seed: maps_by_image[image]
+
+
+def _blob(att: int, top: int, left: int, side: int) -> np.ndarray:
+    m = np.zeros((att, att), np.float32)
+    m[top : top + side, left : left + side] = 1.0
+    return m
+
+
+def test_fixed_never_changes_a_mask_and_joint_keeps_masks(project):
+    trainer = _trainer(project, masks="fixed", em_steps=6, joint_steps=3, finetune="lora")
+    trainer.start()
+    first = _masks_copy(trainer)
+    trainer.run()
+    assert trainer.iteration == 0
+    assert all((trainer.masks[k] == first[k]).all() for k in first)
+
+    em = _trainer(project, masks="em", em_steps=4, joint_steps=3, finetune="lora")
+    seen = []
+    em.emit.subscribe(lambda e: seen.append((e.kind, e.phase)))
+    em.start()
+    em.cfg = em.cfg.model_copy(update={"joint_steps": 0})  # stop after the EM phase
+    em.run()
+    after_em = _masks_copy(em)
+    em.cfg = em.cfg.model_copy(update={"joint_steps": 3})
+    em.run()  # the joint phase
+    assert all((em.masks[k] == after_em[k]).all() for k in after_em)
+    assert ("estep", "em") in seen and not any(kind == "estep" and phase == "joint" for kind, phase in seen)
+
+
+def test_area_guard_refuses_and_refusal_is_not_convergence(project):
+    trainer = _trainer(project, masks="em", area_change_max=2.0, mask_converged=0.9, crf=False)
+    att = trainer.model.att
+    small = [np.stack([_blob(att, 0, 0, 4), _blob(att, 8, 8, 4)]), np.stack([np.ones((att, att), np.float32)])]
+    _set_signal(trainer, small)
+    trainer.start()
+    before = _masks_copy(trainer)
+    big = [np.stack([_blob(att, 0, 0, 12), _blob(att, 8, 8, 4)]), small[1]]  # concept 0 grows 9x
+    _set_signal(trainer, big)
+    result = trainer.run_estep()
+    first = next(r for r in result.records if r["token"] == "<v1>")
+    assert first["refused"] and (trainer.masks[(0, "<v1>")] == before[(0, "<v1>")]).all()
+    assert not result.converged  # every kept mask equals its previous one, but one update was refused
+    _set_signal(trainer, small)
+    assert trainer.run_estep().converged  # unchanged masks, nothing refused
+
+
+def test_momentum_mixes_the_previous_soft_maps(project):
+    trainer = _trainer(project, masks="em", mask_momentum=0.25, crf=False)
+    att = trainer.model.att
+    a = [np.stack([_blob(att, 0, 0, 4), _blob(att, 8, 8, 4)]), np.ones((1, att, att), np.float32)]
+    b = [np.stack([_blob(att, 4, 4, 4), _blob(att, 0, 8, 4)]), np.ones((1, att, att), np.float32)]
+    _set_signal(trainer, a)
+    trainer.start()
+    _set_signal(trainer, b)
+    result = trainer.run_estep()
+    assert np.allclose(result.soft[(0, "<v1>")], 0.25 * a[0][0] + 0.75 * b[0][0])
+
+
+def test_union_sampling_covers_every_subset_size(project):
+    trainer = _trainer(project)
+    sizes, seen = set(), set()
+    for _ in range(200):
+        image, subset = trainer.sample_subset()
+        sizes.add((image, len(subset)))
+        seen.update((image, k) for k in subset)
+    assert sizes == {(0, 1), (0, 2), (1, 1)}  # image 0 has two concepts, image 1 one
+    assert seen == {(0, 0), (0, 1), (1, 0)}
+
+
+def test_flip_and_crop_augment_image_and_masks_together(project):
+    trainer = _trainer(project, augment="flip")
+    trainer.start()
+    data, mask = trainer.images[0], trainer.masks[(0, "<v1>")]
+    flips = 0
+    for _ in range(40):
+        s = trainer.sample()
+        if s["tokens"][0] != "<v1>" or s["latent"] is data.latents[False]:
+            continue
+        flips += 1
+        assert s["latent"] is data.latents[True]
+        assert (s["masks"][0].numpy() == mask[:, ::-1]).all()
+    assert flips > 0
+
+    trainer = _trainer(project, augment="full")
+    trainer.start()
+    trainer.rng.seed(1)
+    crops = 0
+    for _ in range(20):
+        s = trainer.sample()
+        plain = [data.latents[False], data.latents[True]]
+        if any(torch.equal(s["latent"], p) for p in plain):
+            continue
+        crops += 1
+        assert s["masks"].shape[-1] == trainer.model.size
+    assert crops > 0
+    # a crop's latent is the encoding of the cropped image
+    trainer.rng.seed(7)
+    state = trainer.rng.getstate()
+    s = trainer.sample()
+    trainer.rng.setstate(state)
+    image, subset = trainer.sample_subset()
+    flip = trainer.rng.random() < 0.5
+    box = trainer._crop_box()
+    from conceptforge.engine.trainer import _crop_resize
+
+    rgb = trainer.images[image].rgb
+    expected = encode_image(trainer.model, _crop_resize(rgb[:, ::-1] if flip else rgb, box, trainer.model.size))
+    assert torch.equal(s["latent"], expected)
+
+
+def test_batch_size_runs_b_samples_through_the_unet_at_once(project):
+    trainer = _trainer(project, batch_size=3)
+    trainer.start()
+    batches = []
+    handle = trainer.model.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    losses = trainer.train_step()
+    handle.remove()
+    assert batches == [3] and np.isfinite(losses["loss"])
+
+
+@pytest.mark.parametrize("finetune", ["full", "none", "lora"])
+def test_finetune_modes_train_what_they_say(project, finetune):
+    trainer = _trainer(project, em_steps=1, joint_steps=2, finetune=finetune)
+    trainer.start()
+    base = {n: p.detach().clone() for n, p in trainer.model.unet.named_parameters() if "lora_" not in n}
+    trainer.run()
+    params = dict(trainer.model.unet.named_parameters())
+
+    def current(name):  # LoRA wraps a layer's weight as <layer>.base_layer.weight
+        head, _, leaf = name.rpartition(".")
+        return params.get(name, params.get(f"{head}.base_layer.{leaf}"))
+
+    changed = [n for n, v in base.items() if not torch.equal(current(n), v)]
+    lora_up = [p for n, p in params.items() if "lora_B" in n]
+    if finetune == "full":
+        assert len(changed) > len(base) // 2
+    else:
+        assert changed == []
+    assert bool(lora_up) == (finetune == "lora")
+    assert all(p.abs().sum() > 0 for p in lora_up)  # LoRA's up matrices start at zero: they learned
+
+
+def test_same_seed_same_bits_for_lora_and_tokens(project):
+    def learned():
+        trainer = _trainer(project, em_steps=3, joint_steps=2, finetune="lora", seed=4)
+        trainer.start()
+        trainer.run()
+        lora = {n: p.detach().clone() for n, p in trainer.model.unet.named_parameters() if "lora_" in n}
+        return trainer.model.rows.rows.detach().clone(), lora
+
+    (rows_a, lora_a), (rows_b, lora_b) = learned(), learned()
+    assert torch.equal(rows_a, rows_b)
+    assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[n], lora_b[n]) for n in lora_a)
+
+
+def test_init_steps_train_the_tokens_before_the_first_masks(project):
+    plain = _trainer(project, init_steps=0)
+    warmed = _trainer(project, init_steps=3)
+    plain.start()
+    warmed.start()
+    assert not torch.equal(plain.model.rows.rows, warmed.model.rows.rows)
+    assert warmed.iteration == 0
+
+
+def test_fp16_step_uses_a_gradient_scaler(project):
+    trainer = _trainer(project, mixed_precision="fp16")
+    trainer.start()
+    before = trainer.model.rows.rows.detach().clone()
+    losses = trainer.train_step()
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0
+    assert np.isfinite(losses["loss"]) and not torch.equal(before, trainer.model.rows.rows)
+
+
+def test_unsupported_prediction_type_is_refused():
+    cfg = resolve_config(False, {}, {})
+    with pytest.raises(InputError, match="predicts 'sample'"):
+        check_model_settings({"prediction_type": "sample", "num_train_timesteps": 1000}, cfg)
+    with pytest.raises(InputError, match="mask_t_max"):
+        check_model_settings({"prediction_type": "epsilon", "num_train_timesteps": 500}, cfg)
