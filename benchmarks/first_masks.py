@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +28,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from masks import BACKGROUND_TOKEN, make_scene_project, scene_seeds  # noqa: E402
 
 from conceptforge.engine import masks as mask_ops  # noqa: E402
-from conceptforge.engine.backbone import resolve_source  # noqa: E402
-from conceptforge.engine.config import MASK_SIGNALS, resolve_config  # noqa: E402
-from conceptforge.engine.em import Learner  # noqa: E402
-from conceptforge.engine.runs import new_run  # noqa: E402
+from conceptforge.engine.config import MaskSignal, resolve_config  # noqa: E402
+from conceptforge.engine.learn import build_trainer  # noqa: E402
+from conceptforge.engine.trainer import Trainer  # noqa: E402
 from conceptforge.project import Project  # noqa: E402
 
 
-def first_masks(learner: Learner, signal: str) -> list[np.ndarray]:
+def first_masks(learner: Trainer, signal: str) -> list[np.ndarray]:
     """The masks the first E-step would make on image 0 with `signal`."""
-    learner.cfg = replace(learner.cfg, init_mask_signal=signal)
-    learner.iteration = 0
-    _, masks = learner._estimate_masks(learner.cfg.init_mask_timesteps)[0]
-    return masks
+    estimator = learner.estimator
+    estimator.cfg = estimator.cfg.model_copy(update={"init_mask_signal": signal})
+    result = estimator.estimate(0)
+    return [result.masks[(0, t)] for t in learner.images[0].tokens]
 
 
-def score_scene(learner: Learner, masks: list[np.ndarray]) -> list[dict]:
+def score_scene(learner: Trainer, masks: list[np.ndarray]) -> list[dict]:
     """Per concept: IoU with its own exact mask and the best IoU with another object's."""
     data = learner.images[0]
     objects = [k for k, t in enumerate(data.tokens) if t != BACKGROUND_TOKEN]
@@ -70,7 +68,7 @@ def summarise(rows: list[dict]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=24)
-    ap.add_argument("--signals", default=",".join(MASK_SIGNALS))
+    ap.add_argument("--signals", default=",".join(MaskSignal.__args__))
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "first_masks")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "first_masks.md")
     ap.add_argument("--threads", type=int, default=2)
@@ -84,8 +82,7 @@ def main() -> None:
     for seed in seeds:
         project = Project.load(make_scene_project(args.work / str(seed), seed))
         config = resolve_config(True, {}, {})
-        learner = Learner(project, new_run(project.runs_dir, config.masks), config, resolve_source(project.model))
-        learner._setup()
+        learner = build_trainer(project, config)
         for s in signals:
             scored = score_scene(learner, first_masks(learner, s))
             rows[s] += scored
