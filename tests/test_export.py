@@ -146,8 +146,11 @@ def test_kohya_layout_with_images_and_masks(learned, tmp_path):
     run = find_run(project.runs_dir, None)
     last = run.iteration_dir(run.iterations()[-1])
     images = sorted(p.name for p in (out / "images").iterdir())
-    assert images == sorted(im.file for im in project.images)  # the images only, no GT masks
-    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(im.stem for im in project.images)
+    # the images only (no GT masks), each with its caption
+    assert images == sorted([im.file for im in project.images] + [f"{im.stem}.txt" for im in project.images])
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted([im.stem for im in project.images] + [f"{im.stem}.png" for im in project.images])
+    captions = {im.stem: (out / "images" / f"{im.stem}.txt").read_text() for im in project.images}
+    assert captions == {"first": "a photo of <v1> and <v2>\n", "second": "a photo of <v3>\n"}  # training prompts
     for im in project.images:
         assert (out / "images" / im.file).read_bytes() == (project.images_dir / im.file).read_bytes()
         with Image.open(out / "masks" / f"{im.stem}.png") as mask, Image.open(project.images_dir / im.file) as picture:
@@ -155,8 +158,12 @@ def test_kohya_layout_with_images_and_masks(learned, tmp_path):
             pixels = np.asarray(mask)
         assert set(np.unique(pixels)) <= {0, 255} and pixels.any()
         union = np.zeros_like(pixels, dtype=bool)
+        assert sorted(p.name for p in (out / "masks" / im.stem).iterdir()) == sorted(f"{c.name}.png" for c in im.concepts)
         for c in im.concepts:
-            union |= np.asarray(Image.open(last / im.stem / f"{c.name}.png").convert("L")) > 127
+            own = np.asarray(Image.open(last / im.stem / f"{c.name}.png").convert("L")) > 127
+            with Image.open(out / "masks" / im.stem / f"{c.name}.png") as exported:
+                assert exported.mode == "L" and np.array_equal(np.asarray(exported) == 255, own)  # one mask per concept
+            union |= own
         assert np.array_equal(pixels == 255, union)
 
 

@@ -7,18 +7,25 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOut, ProjectDir, Quiet, console, handle_errors, print_json
+from .common import JsonOut, ProjectDir, Quiet, handle_errors, print_json, print_text
 
 
 @handle_errors
 def export_command(
     directory: ProjectDir,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="diffusers | a1111 (AUTOMATIC1111, ComfyUI) | kohya (sd-scripts, with images and masks).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: DIR/export/<format>).")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", metavar="FORMAT",
+            help="diffusers | a1111 (AUTOMATIC1111, ComfyUI) | kohya (sd-scripts: embeddings, LoRA, images with captions, masks).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option("--out", metavar="FOLDER", help="Output folder.", show_default="DIR/export/FORMAT")] = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write the learned tokens, LoRA and masks in the layout another tool reads."""
+    """Write the learned tokens, LoRA and masks in the layout another tool reads (see docs/export.md)."""
     from ..engine.interop import export_project
     from ..project import Project
 
@@ -28,8 +35,8 @@ def export_command(
         print_json(result.to_dict())
         return
     if not quiet:
-        console.print(f"Exported {len(result.files)} file(s) for [bold]{fmt}[/] to {result.out}:", highlight=False)
+        print_text(f"Exported {len(result.files)} file(s) for {fmt} to {result.out}:")
     for path in result.files:
-        console.print(str(path), highlight=False, soft_wrap=True)
+        print_text(str(path))
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        print_text(f"note: {note}")

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import typer
 
-from . import concepts, evaluate, export, generate, init, learn, masks
+from . import concepts, evaluate, export, generate, init, learn, masks, report
+from .common import Command, Group, app_options
 
 app = typer.Typer(
     name="conceptforge",
+    cls=Group,
     help="Learn text tokens for visual concepts in your images without masks, then generate them in new scenes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("init")(init.init_command)
-app.command("add-concept")(concepts.add_concept_command)
-app.command("concepts")(concepts.list_command)
-app.command("learn")(learn.learn_command)
-app.command("masks")(masks.masks_command)
-app.command("generate")(generate.generate_command)
-app.command("export")(export.export_command)
-app.command("evaluate")(evaluate.evaluate_command)
+app.callback()(app_options)
+app.command("init", cls=Command)(init.init_command)
+app.command("add-concept", cls=Command)(concepts.add_concept_command)
+app.command("concepts", cls=Command)(concepts.list_command)
+app.command("remove-concept", cls=Command)(concepts.remove_concept_command)
+app.command("learn", cls=Command)(learn.learn_command)
+app.command("masks", cls=Command)(masks.masks_command)
+app.command("generate", cls=Command)(generate.generate_command)
+app.command("export", cls=Command)(export.export_command)
+app.command("evaluate", cls=Command)(evaluate.evaluate_command)
+app.command("report", cls=Command)(report.report_command)
 
 
 def run() -> None:

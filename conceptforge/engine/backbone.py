@@ -3,12 +3,13 @@ folder, a single checkpoint file, or a hub id."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConceptforgeError, InputError
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-shapes",)
@@ -64,10 +65,29 @@ def resolve_source(spec: str, config: str | None = None, base: Path | None = Non
     return ModelSource(spec, "hub")
 
 
+def check_hub_available(source: ModelSource) -> None:
+    """Refuse a hub id at once when the hub is off (HF_HUB_OFFLINE) and the
+    local hub cache has no copy of it, instead of letting the libraries retry."""
+    if source.kind != "hub" or not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source.spec, "model_index.json")
+    except Exception:  # noqa: BLE001 - an id the cache cannot even look up is not cached
+        cached = None
+    if not isinstance(cached, str):
+        raise InputError(
+            f"The model {source.spec} is a hub id, and the hub is off (HF_HUB_OFFLINE=1) with no copy of it in the local cache; "
+            "pass a local folder or file."
+        )
+
+
 def load_tokenizer(source: ModelSource):
     """The model's CLIPTokenizer, without loading weights."""
     from transformers import CLIPTokenizer
 
+    check_hub_available(source)
     try:
         if source.kind in ("builtin", "folder"):
             return CLIPTokenizer.from_pretrained(str(source.path), subfolder="tokenizer")
@@ -77,7 +97,7 @@ def load_tokenizer(source: ModelSource):
             return CLIPTokenizer.from_pretrained(str(source.config), subfolder="tokenizer")
         return CLIPTokenizer.from_pretrained(source.spec, subfolder="tokenizer")
     except OSError as exc:
-        raise InputError(f"Could not load the tokenizer of model {source.spec}: {_first_line(exc)}") from None
+        raise InputError(f"Could not load the tokenizer of model {source.spec}: {first_line(exc)}") from None
 
 
 def quiet_libraries() -> None:
@@ -96,6 +116,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+    check_hub_available(source)
     quiet_libraries()
     common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     label, hint = source.spec, ""
@@ -112,19 +133,35 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.spec, **common)
     except (OSError, ValueError, SingleFileComponentError) as exc:
-        raise InputError(f"Could not load model {label}: {_first_line(exc)}{hint}") from None
+        raise InputError(f"Could not load model {label}: {first_line(exc)}{hint}") from None
+    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:  # a damaged or foreign checkpoint
+        raise InputError(f"Could not load model {label}: it is damaged or not a Stable-Diffusion-architecture model ({first_line(exc)}).") from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. a network failure while fetching a hub id
+        raise ConceptforgeError(f"Could not load model {label}: {first_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
 def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA device is available.")
-    return torch.device(requested)
+    """The torch device for --device auto | cpu | cuda | cuda:N | mps; a device
+    this machine lacks is an input error, named in one sentence."""
+    value = str(requested).strip().lower()
+    if not DEVICE_PATTERN.match(value):
+        raise InputError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    if value == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {value} was requested but no CUDA device is available; use --device cpu.")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {value} was requested but this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
+    if value == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was requested but no Apple MPS device is available; use --device cpu.")
+    return torch.device(value)
 
 
 def _offline() -> bool:
@@ -134,6 +171,8 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without a leading class name."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    line = text[0].strip() if text else f"an error of kind {type(exc).__name__}"
+    return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception)\s*:\s*", "", line, count=1)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import ConceptforgeError, InputError
 from ..fsutil import atomic_write
-from .backbone import ModelSource, load_pipeline, pick_device
+from .backbone import ModelSource, first_line, load_pipeline, pick_device
 from .export import LORA_FILE, read_index
+from .outputs import check_output_dir
 from .prompts import prompt_tokens
-from .tokens import install_concepts, load_concept_files
+from .tokens import check_embedding, install_concepts, load_concept_files
+
+
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -27,8 +33,29 @@ class GenerateSettings:
     device: str = "auto"
 
 
+def check_settings(settings: GenerateSettings) -> None:
+    """Refuse sampling settings no sampler can use, naming the value."""
+    if settings.n < 1:
+        raise InputError(f"-n {settings.n} asks for no images; give 1 or more.")
+    if settings.steps < 1:
+        raise InputError(f"--steps {settings.steps} is not a number of sampling steps; give 1 or more.")
+    if not math.isfinite(settings.guidance) or settings.guidance < 0:
+        raise InputError(f"--guidance {settings.guidance} is not a guidance scale; give a number of 0 or more (5 to 8 is usual).")
+    if settings.seed < 0 or settings.seed + settings.n - 1 > MAX_SEED:
+        raise InputError(f"--seed {settings.seed} is out of range; seeds run from 0 to {MAX_SEED} (image i uses seed + i).")
+    for name, value in (("height", settings.height), ("width", settings.width)):
+        if value is not None and (value < 8 or value % 8):
+            raise InputError(f"The {name} {value} is not a positive multiple of 8.")
+
+
+def check_prompt_text(prompt: str) -> None:
+    if not prompt.strip():
+        raise InputError('The prompt is empty; write what to draw, such as "a <v1> on a beach".')
+
+
 def check_prompt(prompt: str, known: list[str]) -> list[str]:
-    """The prompt's concept tokens; an unknown one is an input error."""
+    """The prompt's concept tokens; an empty prompt or an unknown token is an input error."""
+    check_prompt_text(prompt)
     used = prompt_tokens(prompt)
     unknown = [t for t in used if t not in known]
     if unknown:
@@ -37,23 +64,58 @@ def check_prompt(prompt: str, known: list[str]) -> list[str]:
     return used
 
 
+def check_prompt_fits(tokenizer, prompt: str, tokens: list[str]) -> None:
+    """Refuse a prompt so long that the text encoder would cut off one of its concept tokens."""
+    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    ids = tokenizer(prompt, truncation=False).input_ids
+    if len(ids) <= limit:
+        return
+    kept = set(ids[: limit - 1])
+    for token in tokens:
+        if tokenizer.convert_tokens_to_ids(token) not in kept:
+            raise InputError(
+                f"The prompt is {len(ids)} tokens long and the model reads only the first {limit}, which leaves out {token}; shorten it."
+            )
+
+
+def concept_files(concepts_dir: Path, index: dict) -> dict[str, Path]:
+    """Token -> its concept file, named after the token."""
+    return {t: concepts_dir / f"{t[1:-1]}.safetensors" for t in index["tokens"]}
+
+
 def load_concept_pipeline(source: ModelSource, concepts_dir: Path, device: torch.device):
-    """The base pipeline with the learned tokens and fine-tuned weights installed."""
+    """The base pipeline with the learned tokens and fine-tuned weights installed.
+
+    Every concept file is checked (see `tokens.load_concept_file`) before the
+    model is loaded, and against the model's embedding width after."""
     index = read_index(concepts_dir)
-    if index is None:
+    if index is None or not index["tokens"]:
         raise InputError(f"No learned concepts in {concepts_dir}; run `conceptforge learn` first.")
+    files = concept_files(concepts_dir, index)
+    embeddings = load_concept_files(files)
+    lora, unet_dir = concepts_dir / LORA_FILE, concepts_dir / "unet"
+    if index["finetune"] == "lora" and not lora.is_file():
+        raise InputError(f"The LoRA file {lora} is missing (concepts.json says the concepts were learned with one); run `conceptforge learn` again.")
+    if index["finetune"] == "full" and not unet_dir.is_dir():
+        raise InputError(f"The fine-tuned UNet folder {unet_dir} is missing (concepts.json says the model was fine-tuned); run `conceptforge learn` again.")
     pipe = load_pipeline(source)
-    files = [concepts_dir / f"{t[1:-1]}.safetensors" for t in index["tokens"]]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise InputError(f"The concept file {missing[0]} is missing; run `conceptforge learn` again.")
-    install_concepts(pipe.tokenizer, pipe.text_encoder, load_concept_files(files))
-    if index.get("finetune") == "lora" and (concepts_dir / LORA_FILE).is_file():
-        pipe.load_lora_weights(str(concepts_dir), weight_name=LORA_FILE)
-    elif index.get("finetune") == "full" and (concepts_dir / "unet").is_dir():
+    width = pipe.text_encoder.get_input_embeddings().embedding_dim
+    for token, vec in embeddings.items():
+        check_embedding(token, vec, files[token], width)
+    install_concepts(pipe.tokenizer, pipe.text_encoder, embeddings)
+    if index["finetune"] == "lora":
+        try:
+            pipe.load_lora_weights(str(concepts_dir), weight_name=LORA_FILE)
+        except Exception as exc:  # noqa: BLE001 - safetensors, peft and diffusers each raise their own kinds
+            detail = first_line(exc) if str(lora) not in str(exc) else "unreadable"
+            raise InputError(f"The LoRA file {lora} is damaged or does not fit the model {source.spec} ({detail}).") from None
+    elif index["finetune"] == "full":
         from diffusers import UNet2DConditionModel
 
-        pipe.unet = UNet2DConditionModel.from_pretrained(str(concepts_dir / "unet"))
+        try:
+            pipe.unet = UNet2DConditionModel.from_pretrained(str(unet_dir))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"The fine-tuned UNet folder {unet_dir} is damaged ({first_line(exc)}).") from None
     return pipe.to(device), index
 
 
@@ -66,17 +128,23 @@ def generate(
     model_label: str,
     negative_prompt: str | None = None,
 ) -> list[Path]:
-    """Write settings.n PNGs with prompt, seed and settings in their metadata."""
+    """Write settings.n PNGs with prompt, seed and settings in their metadata.
+
+    Every input is checked before the model is loaded; an image the model
+    produces with NaN or infinite values is refused, never written black."""
     from PIL.PngImagePlugin import PngInfo
 
+    check_settings(settings)
+    check_prompt_text(prompt)
+    check_output_dir(out_dir)
     device = pick_device(settings.device)
     pipe, index = load_concept_pipeline(source, concepts_dir, device)
-    check_prompt(prompt, index["tokens"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    used = check_prompt(prompt, index["tokens"])
+    check_prompt_fits(pipe.tokenizer, prompt, used)
+    paths: list[Path] = []
     for i in range(settings.n):
         seed = settings.seed + i
-        image = pipe(
+        pixels = pipe(
             prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=settings.steps,
@@ -84,7 +152,14 @@ def generate(
             height=settings.height,
             width=settings.width,
             generator=torch.Generator(device="cpu").manual_seed(seed),
-        ).images[0]
+            output_type="np",
+        ).images
+        if not np.isfinite(pixels).all():
+            raise ConceptforgeError(
+                f"The model produced NaN or infinite values for seed {seed}, so no image was written for it "
+                f"({len(paths)} written before); the model or its fine-tuned weights are damaged or overflow at this precision."
+            )
+        image = pipe.numpy_to_pil(pixels)[0]
         meta = PngInfo()
         info = {"prompt": prompt, "seed": seed, "steps": settings.steps, "guidance": settings.guidance, "model": model_label, "run": index.get("run")}
         for key, value in info.items():

@@ -11,12 +11,17 @@ Formats (`export_project(project, fmt, out)`):
   embedding after the file, so the prompt word is ``<name>`` without brackets --
   and ``<project>_lora.safetensors`` with the LoRA in kohya-ss key names.
 - ``kohya`` (kohya-ss sd-scripts): the a1111 files, plus ``images/`` (copies of
-  the project's images) and ``masks/`` (one grayscale PNG per image, same stem and
-  size, white = train: the union of the image's concept masks from the last E-step),
-  the layout of sd-scripts' masked loss (``image_dir`` + ``conditioning_data_dir``).
+  the project's images, each with a caption ``<stem>.txt``: the training prompt
+  naming the image's concept tokens) and ``masks/`` (one grayscale PNG per image,
+  same stem and size, white = train: the union of the image's concept masks from
+  the last E-step, the layout of sd-scripts' masked loss, ``image_dir`` +
+  ``conditioning_data_dir``; and ``masks/<stem>/<name>.png``, one mask per concept).
+  See docs/export.md.
 
-Every check happens before the first write; every write is atomic; nothing is
-deleted (files of an earlier export with the same names are replaced).
+Every check happens before the first write; every write is atomic and stays
+inside the output folder (file names from the project are reduced to plain
+names); nothing is deleted (files of an earlier export with the same names are
+replaced).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConceptforgeError, InputError
 from ..fsutil import atomic_write
 from .export import LORA_FILE, read_index
+from .outputs import check_output_dir
+from .tokens import load_concept_files
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -122,16 +129,17 @@ def export_project(project: "Project", fmt: str, out: Path) -> ExportResult:
     index = read_index(project.concepts_dir)
     if index is None or not index.get("tokens"):
         raise InputError(f"No learned concepts in {project.concepts_dir}; run `conceptforge learn {project.root}` first.")
-    _check_out(out)
+    check_output_dir(out)
     concept_files = {t: project.concepts_dir / f"{t[1:-1]}.safetensors" for t in index["tokens"]}
-    missing = [p for p in concept_files.values() if not p.is_file()]
-    if missing:
-        raise InputError(f"The concept file {missing[0]} is missing; run `conceptforge learn {project.root}` again.")
+    embeddings = load_concept_files(concept_files)  # every file checked, whatever the format
     lora = project.concepts_dir / LORA_FILE
-    finetune = index.get("finetune", "none")
-    has_lora = finetune == "lora" and lora.is_file()
+    finetune = index["finetune"]
     unet_dir = project.concepts_dir / "unet"
-    has_unet = finetune == "full" and unet_dir.is_dir()
+    if finetune == "lora" and not lora.is_file():
+        raise InputError(f"The LoRA file {lora} is missing (concepts.json says the concepts were learned with one); run `conceptforge learn {project.root}` again.")
+    if finetune == "full" and not unet_dir.is_dir():
+        raise InputError(f"The fine-tuned UNet folder {unet_dir} is missing; run `conceptforge learn {project.root}` again.")
+    has_lora, has_unet = finetune == "lora", finetune == "full"
 
     # plan every write (reading and converting first), then write
     plan: list[tuple[Path, Callable[[Path], None]]] = []
@@ -145,7 +153,7 @@ def export_project(project: "Project", fmt: str, out: Path) -> ExportResult:
             for src in sorted(p for p in unet_dir.rglob("*") if p.is_file()):
                 plan.append((out / "unet" / src.relative_to(unet_dir), _copier(src)))
     else:
-        plan += _embedding_plan(concept_files, out)
+        plan += _embedding_plan(concept_files, embeddings, out)
         if has_lora:
             plan.append((out / f"{project_slug(project)}_lora.safetensors", _kohya_lora_writer(lora)))
         elif has_unet:
@@ -155,37 +163,39 @@ def export_project(project: "Project", fmt: str, out: Path) -> ExportResult:
             plan += pairs
             result.notes += skipped
     for path, write in plan:
-        atomic_write(path, write)
+        _write(path, write, out, len(result.files))
         result.files.append(path)
     return result
+
+
+def _write(path: Path, write: Callable[[Path], None], out: Path, done: int) -> None:
+    """One atomic write; an OSError becomes one sentence naming the file."""
+    import errno
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        kind = InputError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR) else ConceptforgeError
+        raise kind(f"Could not write {path} ({reason}); {done} file(s) of the export to {out} were written before it.") from None
 
 
 def project_slug(project: "Project") -> str:
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", project.root.resolve().name).strip("_") or "project"
 
 
-def _check_out(out: Path) -> None:
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(f"The output path {p} exists and is not a folder.")
-            break
-
-
 def _copier(src: Path) -> Callable[[Path], None]:
     return lambda tmp: shutil.copyfile(src, tmp)
 
 
-def _embedding_plan(concept_files: dict[str, Path], out: Path) -> list[tuple[Path, Callable[[Path], None]]]:
-    from safetensors.torch import load_file, save_file
+def _embedding_plan(
+    concept_files: dict[str, Path], embeddings: dict[str, torch.Tensor], out: Path
+) -> list[tuple[Path, Callable[[Path], None]]]:
+    from safetensors.torch import save_file
 
     plan = []
-    for src in concept_files.values():
-        data = load_file(str(src))
-        if len(data) != 1:
-            raise InputError(f"The concept file {src} holds {len(data)} tensors, not one.")
-        vec = next(iter(data.values())).float()
-        vec = (vec.reshape(1, -1) if vec.dim() == 1 else vec).contiguous()
+    for token, src in concept_files.items():
+        vec = embeddings[token].float().reshape(1, -1).contiguous()
         plan.append((out / src.name, lambda tmp, v=vec: save_file({A1111_KEY: v}, str(tmp))))
     return plan
 
@@ -194,55 +204,112 @@ def _kohya_lora_writer(lora: Path) -> Callable[[Path], None]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(lora), framework="pt") as fh:
-        metadata = fh.metadata()
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
-    converted = lora_to_kohya(state, _lora_scale(metadata))
+    try:
+        with safe_open(str(lora), framework="pt") as fh:
+            metadata = fh.metadata()
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable header"
+        raise InputError(f"The LoRA file {lora} is damaged or not a safetensors file ({detail}).") from None
+    try:
+        scale = _lora_scale(metadata)
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise InputError(f"The LoRA file {lora} has damaged adapter metadata (lora_adapter_metadata).") from None
+    converted = lora_to_kohya(state, scale)
     return lambda tmp: save_file(converted, str(tmp), metadata={"format": "pt"})
 
 
 def _mask_plan(project: "Project", index: dict, out: Path) -> tuple[list[tuple[Path, Callable[[Path], None]]], list[str]]:
-    """Copies of the images in images/ and the union of each image's concept masks in masks/."""
+    """Per image with masks: a copy in images/ with its caption (<stem>.txt), the
+    union of its concept masks in masks/<stem>.png and each concept's mask in
+    masks/<stem>/<name>.png.  Every name written is a plain file name, so
+    nothing lands outside `out` whatever the manifest says."""
     import numpy as np
-    from PIL import Image
 
-    from .masks import load_mask_png, resize_mask
+    from .prompts import training_prompt
+
+    folder = _mask_folder(project, index)
+    names = [_plain_image_name(entry.file) for entry in project.images]
+    stems = [Path(name).stem for name in names]
+    clash = next((s for s in stems if stems.count(s) > 1), None)
+    if clash is not None:
+        raise InputError(f"Two images of the project share the name {clash!r}, so kohya-ss cannot pair them with their masks.")
+    builtin = project.model.startswith("builtin:")
+    plan: list[tuple[Path, Callable[[Path], None]]] = []
+    notes: list[str] = []
+    for entry, name, stem in zip(project.images, names, stems):
+        src = project.images_dir / name
+        width, height = _image_size(src)
+        union = np.zeros((height, width), dtype=bool)
+        per_concept: list[tuple[str, np.ndarray]] = []
+        for concept in entry.concepts:
+            path = folder / stem / f"{concept.name}.png"
+            if path.is_file():
+                mask = _read_mask(path, height, width)
+                union |= mask
+                per_concept.append((concept.name, mask))
+        if not per_concept:
+            notes.append(f"The image {name} has no masks in {folder}; it is left out of the kohya data set.")
+            continue
+        caption = training_prompt([c.token for c in entry.concepts], [c.background for c in entry.concepts], builtin) + "\n"
+        plan.append((out / "images" / name, _copier(src)))
+        plan.append((out / "images" / f"{stem}.txt", lambda tmp, text=caption: tmp.write_text(text, encoding="utf-8")))
+        plan.append((out / "masks" / f"{stem}.png", _mask_writer(union)))
+        for concept_name, mask in per_concept:
+            plan.append((out / "masks" / stem / f"{concept_name}.png", _mask_writer(mask)))
+    return plan, notes
+
+
+def _mask_folder(project: "Project", index: dict) -> Path:
+    """The last E-step's mask folder of the run the concepts came from (else the latest run)."""
     from .runs import RunDir, find_run
 
-    run = RunDir(project.runs_dir / index["run"]) if index.get("run") else None
-    if run is None or not run.iterations():
+    run = None
+    if index.get("run"):  # a plain folder name, checked by read_index
+        candidate = RunDir(project.runs_dir / index["run"])
+        if candidate.path.is_dir() and candidate.iterations():
+            run = candidate
+    if run is None:
         run = find_run(project.runs_dir, None)  # the latest run
     iterations = run.iterations()
     if not iterations:
         raise InputError(f"The run {run.id} has no masks yet; run `conceptforge learn {project.root}` first.")
-    folder = run.iteration_dir(iterations[-1])
-    stems = [entry.stem for entry in project.images]
-    clash = next((s for s in stems if stems.count(s) > 1), None)
-    if clash is not None:
-        raise InputError(f"Two images of the project share the name {clash!r}, so kohya-ss cannot pair them with their masks.")
-    plan: list[tuple[Path, Callable[[Path], None]]] = []
-    notes: list[str] = []
-    for entry in project.images:
-        src = project.image_path(entry)
-        if not src.is_file():
-            raise InputError(f"The image {src} is missing from the project.")
-        with Image.open(src) as im:
-            width, height = im.size
-        union = np.zeros((height, width), dtype=bool)
-        found = 0
-        for concept in entry.concepts:
-            path = folder / entry.stem / f"{concept.name}.png"
-            if not path.is_file():
-                continue
-            mask = load_mask_png(path)
-            if mask.shape != (height, width):
-                mask = resize_mask(mask, height, width)
-            union |= mask
-            found += 1
-        if not found:
-            notes.append(f"The image {entry.file} has no masks in {folder}; it is left out of the kohya data set.")
-            continue
-        pixels = union.astype(np.uint8) * 255
-        plan.append((out / "images" / entry.file, _copier(src)))
-        plan.append((out / "masks" / f"{entry.stem}.png", lambda tmp, a=pixels: Image.fromarray(a, "L").save(tmp, format="PNG")))
-    return plan, notes
+    return run.iteration_dir(iterations[-1])
+
+
+def _plain_image_name(file: str) -> str:
+    """An image's name in images/, refused unless it is a plain file name."""
+    name = Path(file).name
+    if not name or name in (".", "..") or name != file or "\\" in file:
+        raise InputError(f"The manifest names the image {file!r}, which is not a plain file name in images/.")
+    return name
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    if not path.is_file():
+        raise InputError(f"The image {path} is missing from the project.")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        raise InputError(f"The image {path} is damaged or not an image.") from None
+
+
+def _read_mask(path: Path, height: int, width: int):
+    from .masks import load_mask_png, resize_mask
+
+    try:
+        mask = load_mask_png(path)
+    except (OSError, ValueError):
+        raise InputError(f"The mask {path} is damaged or not an image; run `conceptforge learn` again to rewrite it.") from None
+    return mask if mask.shape == (height, width) else resize_mask(mask, height, width)
+
+
+def _mask_writer(mask) -> Callable[[Path], None]:
+    import numpy as np
+    from PIL import Image
+
+    pixels = mask.astype(np.uint8) * 255
+    return lambda tmp: Image.fromarray(pixels, "L").save(tmp, format="PNG")

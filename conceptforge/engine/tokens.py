@@ -4,12 +4,24 @@ layout ({token: tensor(1, dim)} per safetensors file)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConceptforgeError, InputError
 from ..fsutil import atomic_write
+
+# A CLIP token embedding row has an L2 norm of about 0.2 to 1 (the built-in
+# model: median 0.22, largest 0.42; Stable Diffusion 1.x/2.x: about 0.4), and a
+# learned row drifts to a few times that.  A row with a norm above this bound,
+# a thousand times a typical one, comes only from a diverged run or a damaged
+# or foreign file; it saturates the text encoder (in half precision, to inf)
+# and the sampler then writes black images.
+MAX_EMBEDDING_NORM = 1000.0
+FINETUNE_KINDS = ("none", "lora", "full")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def is_model_word(tokenizer, token: str) -> bool:
@@ -77,9 +89,14 @@ def set_concept_embeddings(text_encoder, tokenizer, embeddings: dict[str, torch.
 
 
 def save_concept_files(out_dir: Path, embeddings: dict[str, torch.Tensor]) -> list[Path]:
-    """One safetensors per token: {token: tensor(1, dim)}, named after the token."""
+    """One safetensors per token: {token: tensor(1, dim)}, named after the token.
+    An embedding that `embedding_problem` faults is never written."""
     from safetensors.torch import save_file
 
+    for token, vec in embeddings.items():
+        problem = embedding_problem(vec.detach().cpu())
+        if problem is not None:
+            raise ConceptforgeError(f"The learned embedding of {token} is not usable ({problem}); no concept file was written.")
     paths = []
     for token, vec in embeddings.items():
         path = out_dir / f"{token[1:-1]}.safetensors"
@@ -88,14 +105,124 @@ def save_concept_files(out_dir: Path, embeddings: dict[str, torch.Tensor]) -> li
     return paths
 
 
-def load_concept_files(paths: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def embedding_problem(vec: torch.Tensor, width: int | None = None) -> str | None:
+    """What is wrong with a concept embedding, as a phrase, or None when it is usable.
 
+    Usable: a floating-point vector of shape (dim,) or (1, dim) with every
+    value finite and an L2 norm of at most MAX_EMBEDDING_NORM (and dim equal
+    to `width`, the text encoder's, when given).
+    """
+    if not torch.is_floating_point(vec):
+        return f"its values are of type {str(vec.dtype).removeprefix('torch.')}, not floating point"
+    if vec.dim() not in (1, 2) or (vec.dim() == 2 and vec.shape[0] != 1) or vec.numel() == 0:
+        return f"its shape is {tuple(vec.shape)}, not (1, width)"
+    flat = vec.reshape(-1).float()
+    if width is not None and flat.numel() != width:
+        return f"it is {flat.numel()} values wide but the model's text embeddings are {width} wide"
+    if not bool(torch.isfinite(flat).all()):
+        return "it holds NaN or infinite values"
+    norm = float(flat.double().norm())
+    if norm > MAX_EMBEDDING_NORM:
+        return f"its norm is {norm:.3g}, far above a text embedding's (about 0.2 to 1; at most {MAX_EMBEDDING_NORM:g} is accepted)"
+    return None
+
+
+def check_embedding(token: str, vec: torch.Tensor, path: Path | str, width: int | None = None) -> torch.Tensor:
+    """The embedding of `token` read from `path` as a 1-D float tensor, or an
+    InputError naming the file when `embedding_problem` finds a fault."""
+    problem = embedding_problem(vec, width)
+    if problem is not None:
+        raise InputError(f"The concept file {path} cannot be used for {token}: {problem}; run `conceptforge learn` again.")
+    return vec.reshape(-1)
+
+
+def load_concept_file(path: Path, token: str, width: int | None = None) -> torch.Tensor:
+    """Read and check one concept file: a safetensors file holding exactly one
+    tensor, stored under `token`, that passes `check_embedding`.  The header
+    is checked before any tensor is read."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise InputError(f"The concept file {path} is missing; run `conceptforge learn` again.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+            if len(keys) != 1:
+                raise InputError(f"The concept file {path} holds {len(keys)} tensors; a concept file holds one, stored under its token {token}.")
+            if keys[0] != token:
+                raise InputError(f"The concept file {path} holds the token {keys[0]!r}, not {token} as concepts.json says.")
+            shape = fh.get_slice(token).get_shape()
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
+                raise InputError(f"The concept file {path} cannot be used for {token}: its shape is {tuple(shape)}, not (1, width).")
+            vec = fh.get_tensor(token)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable header"
+        raise InputError(f"The concept file {path} is damaged or not a safetensors file ({detail}).") from None
+    return check_embedding(token, vec, path, width)
+
+
+def load_concept_files(files: Mapping[str, Path] | Sequence[Path], width: int | None = None) -> dict[str, torch.Tensor]:
+    """Token -> 1-D embedding from concept files, each checked by `load_concept_file`.
+
+    `files` maps each token to its file, or lists files named after their
+    tokens (`v1.safetensors` holds `<v1>`).  With `width`, every embedding
+    must have the text encoder's width; without it, all must share one width.
+    """
+    pairs = list(files.items()) if isinstance(files, Mapping) else [(f"<{Path(p).stem}>", Path(p)) for p in files]
     out: dict[str, torch.Tensor] = {}
-    for path in paths:
-        for token, vec in load_file(str(path)).items():
-            out[token] = vec.reshape(-1)
+    for token, path in pairs:
+        vec = load_concept_file(Path(path), token, width)
+        if width is None and out:
+            first_token, first = next(iter(out.items()))
+            if first.numel() != vec.numel():
+                raise InputError(
+                    f"The concept file {path} is {vec.numel()} values wide but {first_token}'s is {first.numel()}; "
+                    "they were not learned on one model."
+                )
+        out[token] = vec
     return out
+
+
+def check_concept_index(path: Path) -> dict[str, Any]:
+    """Read and check a concepts.json: a JSON object with `tokens` (distinct
+    tokens such as <v1>), `run` (a run folder name or null), `finetune`
+    (none | lora | full) and `model`; an InputError names the file and the fault."""
+    import json
+
+    from ..project import TOKEN_PATTERN
+
+    def bad(what: str) -> InputError:
+        return InputError(f"The concepts index {path} is damaged: {what}; run `conceptforge learn` again.")
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("it is not valid JSON") from None
+    except OSError as exc:
+        raise InputError(f"The concepts index {path} cannot be read ({exc.strerror or exc}).") from None
+    if not isinstance(raw, dict):
+        raise bad("it is not a JSON object")
+    tokens = raw.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise bad("tokens must be a list of tokens such as <v1>")
+    wrong = next((t for t in tokens if not TOKEN_PATTERN.match(t)), None)
+    if wrong is not None:
+        raise bad(f"{wrong!r} is not a token (a name in angle brackets, such as <v1>)")
+    twice = next((t for t in tokens if tokens.count(t) > 1), None)
+    if twice is not None:
+        raise bad(f"the token {twice} is listed twice")
+    run = raw.get("run")
+    if run is not None and (not isinstance(run, str) or not RUN_NAME.match(run)):
+        raise bad(f"run {run!r} is not the name of a run folder")
+    finetune = raw.get("finetune", "none")
+    if finetune not in FINETUNE_KINDS:
+        raise bad(f"finetune {finetune!r} is not one of {', '.join(FINETUNE_KINDS)}")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad("model must be a string")
+    return dict(raw, tokens=list(tokens), run=run, finetune=finetune, model=model)
 
 
 def install_concepts(tokenizer, text_encoder, embeddings: dict[str, torch.Tensor]) -> None:
