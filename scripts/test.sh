@@ -7,4 +7,4 @@ python3 -m venv .venv-test
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
 pip install -q -e ".[test]"
-HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider tests
+HF_HUB_OFFLINE=1 python -m pytest -q -rs -p no:cacheprovider tests

@@ -40,30 +40,58 @@ def masks_report(run: RunDir, iteration: int | None = None) -> dict[str, Any]:
     }
 
 
+SHEET_CELL = 128  # pixels per picture in a contact sheet
+
+
 def contact_sheet(run: RunDir, images_dir: Path, out: Path, image_files: dict[str, str]) -> Path:
-    """A row per concept, a column per E-step: each mask over its image."""
+    """A row per concept: its plain image, then its mask at every E-step, outlined
+    in a colour that stands out on the image with the rest darkened. A header
+    names each column's E-step and training step; under each mask its area and
+    IoU with the previous E-step and the GT mask; a mask that changed a lot
+    (IoU with the previous E-step < 0.5) gets an orange border."""
     from PIL import Image
 
-    from . import masks as mask_ops
+    from ..fsutil import atomic_write
+    from . import pictures
+    from .masks import load_mask_png
+    from .report_html.checks import big_change
 
     records = estep_records(run)
     if not records:
         raise InputError(f"The run {run.id} has no masks yet.")
-    concepts = [(m["image"], m["token"]) for m in records[0]["masks"]]
-    rows, labels = [], []
+    concepts: list[tuple[str, str]] = []
+    for rec in records:
+        for m in rec["masks"]:
+            if (m["image"], m["token"]) not in concepts:
+                concepts.append((m["image"], m["token"]))
+    header = ["image"] + [f"E-step {r['iteration']}\nstep {r['step']}" for r in records]
+    rows, labels, captions, borders = [], [], [], []
+    bases: dict[str, tuple[Image.Image, tuple[int, int, int]]] = {}
     for stem, token in concepts:
-        with Image.open(images_dir / image_files[stem]) as im:
-            base = im.convert("RGB")
-        cells = []
+        if stem not in bases:
+            with Image.open(images_dir / image_files[stem]) as im:
+                small = pictures.fit(im.convert("RGB"), SHEET_CELL)
+            bases[stem] = (small, pictures.contrast_colour(small))
+        base, colour = bases[stem]
+        cells, texts, frame = [base], [""], [None]
         for rec in records:
+            m = next((m for m in rec["masks"] if m["image"] == stem and m["token"] == token), None)
             path = run.iteration_dir(rec["iteration"]) / stem / f"{token[1:-1]}.png"
-            if path.is_file():
-                cells.append(mask_ops.overlay(base, [mask_ops.load_mask_png(path)]))
-            else:
-                cells.append(base)
+            if m is None or not path.is_file():
+                cells.append(Image.new("RGB", base.size, (235, 235, 235)))
+                texts.append("no mask")
+                frame.append(None)
+                continue
+            cells.append(pictures.outline(base, load_mask_png(path), colour))
+            gt = "" if m.get("iou_gt") is None else f" · GT {m['iou_gt']:.2f}"
+            prev = "-" if m.get("iou_prev") is None else f"{m['iou_prev']:.2f}"
+            texts.append(f"area {m['area']:.1%}\nprev {prev}{gt}")
+            frame.append(pictures.CHANGED_BORDER if big_change(m.get("iou_prev")) else None)
         rows.append(cells)
-        labels.append(f"{stem} {token}")
-    sheet = mask_ops.contact_sheet(rows, labels=labels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+        labels.append(f"{stem}\n{token}")
+        captions.append(texts)
+        borders.append(frame)
+    sheet = pictures.contact_sheet(rows, labels=labels, cell=SHEET_CELL, header=header, captions=captions, borders=borders, gap=6, text_size=13)
+    fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
+    atomic_write(out, lambda tmp: sheet.save(tmp, format=fmt))
     return out
