@@ -42,7 +42,7 @@ def evaluate_command(
     from ..project import Project
 
     if plot is not None:
-        check_image_output(plot, "plot")
+        check_image_output(plot, "plot", formats=("PNG",))
     if generation:
         check_settings(GenerateSettings(n=n, steps=steps, guidance=guidance, seed=seed, device=device))
         torch_device = pick_device(device)

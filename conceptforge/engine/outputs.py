@@ -33,11 +33,14 @@ def image_format(path: Path) -> str | None:
     return fmt if fmt is not None and fmt in Image.SAVE else None
 
 
-def check_image_output(path: Path, what: str = "image") -> None:
-    """Refuse an image path whose extension no image format writes, or whose folder cannot be written."""
+def check_image_output(path: Path, what: str = "image", formats: tuple[str, ...] | None = None) -> None:
+    """Refuse an image path whose extension no image format writes (or none of
+    `formats`, PIL format names such as "PNG"), or whose folder cannot be written."""
     if path.exists() and path.is_dir():
         raise InputError(f"The {what} path {path} is a folder; give a file name such as {path / 'out.png'}.")
-    if image_format(path) is None:
-        ends = f"ends in {path.suffix}, which is not an image format conceptforge can write" if path.suffix else "has no extension"
+    fmt = image_format(path)
+    if fmt is None or (formats is not None and fmt not in formats):
+        kind = "an image format conceptforge can write" if formats is None else f"the {what}'s format ({', '.join(formats)})"
+        ends = f"ends in {path.suffix}, which is not {kind}" if path.suffix else "has no extension"
         raise InputError(f"The {what} path {path} {ends}; give a name ending in .png.")
     check_output_dir(path.parent, what=f"folder of the {what}")
