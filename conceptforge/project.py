@@ -135,6 +135,11 @@ def check_gt_mask(path: Path, size: tuple[int, int]):
     return mask
 
 
+def _plain(value: Any) -> str:
+    """A manifest value as written in YAML when it is printable text, else its repr."""
+    return value if isinstance(value, str) and value.isprintable() and len(value) <= 200 else _show(value)
+
+
 def _show(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
@@ -301,16 +306,10 @@ class Project:
             raise InputError(f"Token {token} is already a word of the model's tokenizer; choose another name.")
         mask = check_gt_mask(gt_mask, size) if gt_mask is not None else None
         digest = sha256_file(image)
+        self._check_new_concept(image, digest, token, background)  # refuse before taking the lock, if we can
         with manifest_lock(self.root):
             self._reload()
-            clash = next((t for t in self.tokens() if t.lower() == token.lower() and t != token), None)
-            if clash is not None:
-                raise InputError(f"Token {token} differs only in case from the project's token {clash}; use {clash} or another name.")
-            entry = next((im for im in self.images if im.sha256 == digest), None)
-            if entry is not None and any(c.token == token for c in entry.concepts):
-                raise InputError(f"Token {token} is already a concept of the image {image}.")
-            if entry is not None and background and any(c.background for c in entry.concepts):
-                raise InputError(f"The image {image} already has a background concept.")
+            entry = self._check_new_concept(image, digest, token, background)
             new_entry = entry is None
             copy = False
             if entry is None:
@@ -331,21 +330,38 @@ class Project:
             self.save()
         return entry, concept
 
+    def _check_new_concept(self, image: Path, digest: str, token: str, background: bool) -> ImageEntry | None:
+        """Refuse a token that clashes with the manifest; return the image's entry if it has one."""
+        clash = next((t for t in self.tokens() if t.lower() == token.lower() and t != token), None)
+        if clash is not None:
+            raise InputError(f"Token {token} differs only in case from the project's token {clash}; use {clash} or another name.")
+        entry = next((im for im in self.images if im.sha256 == digest), None)
+        if entry is not None and any(c.token == token for c in entry.concepts):
+            raise InputError(f"Token {token} is already a concept of the image {image}.")
+        if entry is not None and background and any(c.background for c in entry.concepts):
+            raise InputError(f"The image {image} already has a background concept.")
+        return entry
+
     def remove_concept(self, token: str) -> list[tuple[ImageEntry, bool]]:
         """Remove a token from every image it is on; an image left without concepts
         leaves the manifest, its files stay in images/.  Returns (entry, entry removed)."""
+        self._images_with(token)  # refuse before taking the lock, if we can
         with manifest_lock(self.root):
             self._reload()
-            hit = [im for im in self.images if any(c.token == token for c in im.concepts)]
-            if not hit:
-                near = next((t for t in self.tokens() if t.lower() == str(token).lower()), None)
-                hint = f" (did you mean {near}?)" if near else f"; `conceptforge concepts {self.root}` lists them"
-                raise InputError(f"{_show(token) if token_problem(token) else token} is not a concept of {self.root}{hint}.")
+            hit = self._images_with(token)
             for im in hit:
                 im.concepts = [c for c in im.concepts if c.token != token]
-            self.images = [im for im in self.images if im.concepts or im not in hit]
+            self.images = [im for im in self.images if im.concepts or all(im is not h for h in hit)]
             self.save()
         return [(im, not im.concepts) for im in hit]
+
+    def _images_with(self, token: str) -> list[ImageEntry]:
+        hit = [im for im in self.images if any(c.token == token for c in im.concepts)]
+        if not hit:
+            near = next((t for t in self.tokens() if t.lower() == str(token).lower()), None)
+            hint = f" (did you mean {near}?)" if near else f"; `conceptforge concepts {self.root}` lists them"
+            raise InputError(f"{_show(token) if token_problem(token) else token} is not a concept of {self.root}{hint}.")
+        return hit
 
     def _free_name(self, image: Path, digest: str) -> tuple[str, bool]:
         """A file name under images/ whose stem no manifest entry has, and whether the image must be copied there
@@ -445,8 +461,8 @@ def _parse_image(im: Any, i: int, root: Path) -> ImageEntry:
     if not isinstance(im, dict) or not isinstance(im.get("file"), str) or not isinstance(im.get("sha256"), str):
         raise _Broken(f"{where} needs file and sha256")
     file = im["file"]
-    if not _inside_images(root, file):
-        raise _Broken(f"`file: {file}` of {where} is not a file name inside the project's images/ folder")
+    if not _inside_images(root, file) or not file.isprintable():
+        raise _Broken(f"`file: {_plain(file)}` of {where} is not a file name inside the project's images/ folder")
     where = f"image {file}"
     concepts_raw = im.get("concepts")
     if concepts_raw is None:
@@ -468,8 +484,8 @@ def _parse_image(im: Any, i: int, root: Path) -> ImageEntry:
         if not isinstance(background, bool):
             raise _Broken(f"background of {token} on {where} must be true or false (unquoted), not {_show(background)}")
         gt = c.get("gt_mask")
-        if gt is not None and (not isinstance(gt, str) or not _inside_images(root, gt)):
-            raise _Broken(f"`gt_mask: {gt}` of {token} on {where} is not a file name inside the project's images/ folder")
+        if gt is not None and (not isinstance(gt, str) or not _inside_images(root, gt) or not gt.isprintable()):
+            raise _Broken(f"`gt_mask: {_plain(gt)}` of {token} on {where} is not a file name inside the project's images/ folder")
         if any(x.token == token for x in concepts):
             raise _Broken(f"{token} is listed twice on {where}")
         if background and any(x.background for x in concepts):

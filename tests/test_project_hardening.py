@@ -434,3 +434,11 @@ def test_remove_concept(tmp_path, proj):
     # the same picture again reuses its file instead of copying it twice
     assert cf("add-concept", proj, tmp_path / "a.png", "--token", "<a>").exit_code == 0
     assert set(p.name for p in (proj / "images").iterdir()) == files
+
+
+def test_refusal_on_a_project_without_lock_file_leaves_it_unchanged(tmp_path, proj):
+    (proj / ".conceptforge.lock").unlink()
+    _refused(proj, "add-concept", proj, tmp_path / "a.png", "--token", "<a>", needle="already a concept")
+    _refused(proj, "add-concept", proj, tmp_path / "a.png", "--token", "<A>", needle="differs only in case")
+    _refused(proj, "remove-concept", proj, "--token", "<zz>", needle="not a concept")
+    assert not (proj / ".conceptforge.lock").exists()
