@@ -212,3 +212,61 @@ def test_unsupported_prediction_type_is_refused():
         check_model_settings({"prediction_type": "sample", "num_train_timesteps": 1000}, cfg)
     with pytest.raises(InputError, match="mask_t_max"):
         check_model_settings({"prediction_type": "epsilon", "num_train_timesteps": 500}, cfg)
+
+
+def test_error_maps_do_not_depend_on_how_timesteps_are_batched(project, monkeypatch):
+    from conceptforge.engine import estep
+
+    estimator = _trainer(project).estimator
+    batched = estimator.error_maps(0, 5, seed=3)
+    monkeypatch.setattr(estep, "BATCH_TARGET", 1)  # one timestep per UNet call
+    single = estimator.error_maps(0, 5, seed=3)
+    for a, b in zip(batched, single):
+        assert np.allclose(a, b, atol=1e-5)
+
+
+def test_harvested_attention_replaces_the_pass(project):
+    trainer = _trainer(project, mask_signal="attention", attention_source="harvest", mask_t_min=0, mask_t_max=999, mask_momentum=0)
+    trainer.start()
+    recorded = []
+    original = trainer.estimator.record
+    trainer.estimator.record = lambda *a: (recorded.append(a), original(*a))
+    for _ in range(12):
+        trainer.train_step()
+    calls = []
+    handle = trainer.model.unet.register_forward_hook(lambda *a: calls.append(1))
+    maps = {i: trainer.estimator.harvested_maps(i) for i in range(len(trainer.images))}
+    result = trainer.run_estep()
+    handle.remove()
+    for i, data in enumerate(trainer.images):
+        if maps[i] is None:
+            continue
+        from conceptforge.engine.attention import normalize_minmax
+
+        expected = normalize_minmax(torch.from_numpy(maps[i])).numpy()
+        assert np.allclose(np.stack([result.soft[(i, t)] for t in data.tokens]), expected, atol=1e-6)
+    assert any(m is not None for m in maps.values())
+    assert len(calls) == sum(m is None for m in maps.values())  # a dedicated pass only where nothing was harvested
+    assert trainer.estimator.harvested == {}  # each E-step reads the steps since the last one
+    assert recorded
+    # a flipped sample's map is mirrored back; noise levels outside the E-step's range are left out
+    estimator = trainer.estimator
+    estimator.cfg = estimator.cfg.model_copy(update={"mask_t_min": 100, "mask_t_max": 800})
+    left = torch.zeros(1, 4, 4)
+    left[0, :, 0] = 1.0
+    estimator.record(1, ["<v3>"], left, True, 500)
+    estimator.record(1, ["<v3>"], torch.ones(1, 4, 4), False, 900)
+    assert (estimator.harvested_maps(1)[0, :, 3] == 1).all() and estimator.harvested_maps(1)[0, :, :3].sum() == 0
+
+
+def test_settled_images_are_not_estimated_again(project):
+    trainer = _trainer(project, estep_skip_settled=True, crf=False)
+    att = trainer.model.att
+    maps = [np.stack([_blob(att, 0, 0, 4), _blob(att, 8, 8, 4)]), np.ones((1, att, att), np.float32)]
+    _set_signal(trainer, maps)
+    trainer.start()
+    trainer.run_estep()  # unchanged: both images settle
+    asked = []
+    trainer.estimator.signal = lambda image, *a, **k: (asked.append(image), maps[image])[1]
+    result = trainer.run_estep()
+    assert asked == [] and result.converged

@@ -22,6 +22,7 @@ Augment = Literal["none", "flip", "full"]
 Optimizer = Literal["adamw", "adamw8bit"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Objective = Literal["reference", "area"]
+AttentionSource = Literal["pass", "harvest"]
 
 MAX_STEPS = 1_000_000
 
@@ -64,6 +65,8 @@ class LearnConfig(BaseModel):
     init_mask_signal: MaskSignal
     mask_signal: MaskSignal
     error_reference: ErrorReference
+    attention_source: AttentionSource = Field(description="pass: a dedicated UNet pass per E-step; harvest: the maps of the training steps since the last E-step")
+    estep_skip_settled: bool = Field(description="E-steps skip images whose masks stopped moving")
     augment: Augment
     checkpoint_every: int = Field(ge=1, le=MAX_STEPS)
     batch_size: int = Field(ge=1, le=256)
@@ -164,6 +167,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "mask_signal": ("attention", "both"),  # built-in: attention + error 0.611 vs attention alone 0.532
     # built-in: k's init word in k's place keeps the causal text encoder's other tokens as in the full prompt
     "error_reference": ("drop", "init"),
+    "attention_source": ("pass", "pass"),
+    "estep_skip_settled": (False, False),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
     "batch_size": (1, 1),

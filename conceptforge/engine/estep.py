@@ -27,6 +27,7 @@ from .data import ImageData, Prompts
 from .parallel import Parallel
 
 MaskKey = tuple[int, str]  # (image index, token)
+BATCH_TARGET = 16  # UNet batch of an E-step pass: timesteps x prompts (CPU throughput levels off above)
 
 
 @dataclass
@@ -50,6 +51,28 @@ class MaskEstimator:
         self.cfg = cfg
         self.prompts = Prompts(model)
         self.par = parallel or Parallel()
+        self.harvested: dict[MaskKey, tuple[np.ndarray, int]] = {}  # attention of training steps since the last E-step
+
+    # -- attention harvested from the training steps -------------------------------
+    def record(self, image: int, tokens: list[str], maps: torch.Tensor, flipped: bool, t: int) -> None:
+        """Keep the cross-attention a training step computed anyway (K, att, att),
+        when its noise level lies in the E-step's timestep range."""
+        if not self.cfg.mask_t_min <= t <= self.cfg.mask_t_max:
+            return
+        maps = maps.detach().float().cpu().numpy()
+        if flipped:
+            maps = maps[:, :, ::-1]
+        for token, m in zip(tokens, maps):
+            total, count = self.harvested.get((image, token), (0.0, 0))
+            self.harvested[(image, token)] = (total + m, count + 1)
+
+    def harvested_maps(self, image: int) -> np.ndarray | None:
+        """Mean harvested attention of every concept of an image (K, att, att),
+        or None when a concept has none since the last E-step."""
+        entries = [self.harvested.get((image, t)) for t in self.images[image].tokens]
+        if any(e is None for e in entries):
+            return None
+        return np.stack([total / count for total, count in entries]).astype(np.float32)
 
     # -- the E-step ----------------------------------------------------------------
     def estimate(self, iteration: int, previous: EStepResult | None = None) -> EStepResult:
@@ -96,6 +119,9 @@ class MaskEstimator:
         n_timesteps = cfg.init_mask_timesteps if iteration == 0 else cfg.mask_timesteps
         for i in self.par.mine(len(self.images)):
             data = self.images[i]
+            if previous is not None and cfg.estep_skip_settled and self.settled(i, previous):
+                mine[i] = (np.stack([previous.soft[(i, t)] for t in data.tokens]), [previous.masks[(i, t)] for t in data.tokens])
+                continue
             maps = self.signal(i, iteration, n_timesteps, seed=cfg.seed * 1000 + iteration)
             if previous is not None and cfg.masks == "em" and cfg.mask_momentum > 0:
                 prev = np.stack([previous.soft[(i, t)] for t in data.tokens])
@@ -105,7 +131,15 @@ class MaskEstimator:
             else:
                 new = list(mask_ops.refine_masks(data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background))
             mine[i] = (maps, new)
+        self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
+
+    def settled(self, image: int, previous: EStepResult) -> bool:
+        """Whether an image's masks stopped moving: at the previous E-step every one
+        of its concepts kept at least `mask_converged` IoU and none was refused."""
+        stem = self.images[image].stem
+        mine = [r for r in previous.records if r["image"] == stem]
+        return bool(mine) and all(r["iou_prev"] is not None and r["iou_prev"] >= self.cfg.mask_converged and not r.get("refused") for r in mine)
 
     # -- signals -------------------------------------------------------------------
     def signal(self, image: int, iteration: int, n_timesteps: int, seed: int) -> np.ndarray:
@@ -119,7 +153,9 @@ class MaskEstimator:
         """
         kind = self.cfg.mask_signal if iteration > 0 else self.cfg.init_mask_signal
         if kind == "attention":
-            return normalize_minmax(torch.from_numpy(self.attention_maps(image, n_timesteps, seed))).numpy()
+            harvested = self.harvested_maps(image) if iteration > 0 and self.cfg.attention_source == "harvest" else None
+            attention = harvested if harvested is not None else self.attention_maps(image, n_timesteps, seed)
+            return normalize_minmax(torch.from_numpy(attention)).numpy()
         gain, attention = self.error_maps(image, n_timesteps, seed, use_init=self._init_reference(iteration))
         err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att))
         if kind == "error":
@@ -175,19 +211,26 @@ class MaskEstimator:
         n = ctx.shape[0]
         gen = torch.Generator().manual_seed(seed)
         z = data.latents[False]
+        draws = [(self._timesteps(1, gen), torch.randn(z.shape, generator=gen)) for _ in range(n_timesteps)]
         errors = torch.zeros(n, z.shape[-2], z.shape[-1])
         attention = torch.zeros(len(data.tokens), model.att, model.att)
-        for _ in range(n_timesteps):
-            t = self._timesteps(1, gen).to(model.device)
-            noise = torch.randn(z.shape, generator=gen).to(model.device)
-            zt = model.scheduler.add_noise(z, noise, t)
-            target = model.target(z, noise, t)
+        per_call = max(1, BATCH_TARGET // n)  # timesteps per UNet call: batches of about BATCH_TARGET
+        for start in range(0, n_timesteps, per_call):
+            chunk = draws[start : start + per_call]
+            t = torch.cat([d[0] for d in chunk]).to(model.device)
+            noise = torch.cat([d[1] for d in chunk]).to(model.device)
+            zt = model.scheduler.add_noise(z.expand(len(chunk), -1, -1, -1), noise, t)
+            target = model.target(z.expand(len(chunk), -1, -1, -1), noise, t)
             model.store.reset()
-            model.store.token_index = positions.expand(n, -1)  # rows 1.. are read but not used
+            model.store.token_index = positions.expand(n * len(chunk), -1)  # rows of the reference prompts are read but not used
             with model.autocast():
-                pred = model.unet(zt.expand(n, -1, -1, -1), t.expand(n), encoder_hidden_states=ctx).sample
-            attention += model.store.mean_maps(model.att, model.att)[0].float().cpu()
-            errors += ((pred.float() - target.float()) ** 2).sum(dim=1).cpu()
+                pred = model.unet(
+                    zt.repeat_interleave(n, dim=0), t.repeat_interleave(n), encoder_hidden_states=ctx.repeat(len(chunk), 1, 1)
+                ).sample
+            maps = model.store.mean_maps(model.att, model.att).float().cpu()
+            attention += maps[::n].sum(dim=0)  # the full prompt of each timestep
+            sq = ((pred.float() - target.repeat_interleave(n, dim=0).float()) ** 2).sum(dim=1).cpu()
+            errors += sq.reshape(len(chunk), n, *sq.shape[-2:]).sum(dim=0)
         model.store.token_index = None
         gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
         return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()

@@ -117,6 +117,9 @@ class Trainer:
         with model.autocast():
             pred = model.unet(zt, t, encoder_hidden_states=ctx).sample
         maps = model.store.mean_maps(model.att, model.att)
+        for b, s in enumerate(batch):
+            if not s["cropped"]:
+                self.estimator.record(s["image"], s["tokens"], maps[b, : len(s["tokens"])], s["flipped"], int(t[b]))
         terms = method_loss(pred, target, maps, masks, valid, attn_weight, cfg.objective)
         if not torch.isfinite(terms.total):
             model.store.token_index = None
@@ -150,6 +153,9 @@ class Trainer:
             if flip:
                 stack = stack[:, :, ::-1]
         return {
+            "image": image,
+            "flipped": flip,
+            "cropped": cfg.augment == "full",
             "latent": latent,
             "tokens": tokens,
             "background": [data.background[k] for k in subset],
