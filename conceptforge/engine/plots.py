@@ -71,7 +71,12 @@ def losses_png(steps: list[dict[str, Any]], estep_steps: Sequence[int] = ()) -> 
             ax.plot(x, _smooth(y, window), color=colour, linestyle=styles[phase], linewidth=1.8, label=f"{key} ({phase})")
             drawn += 1
     if drawn:
+        from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, not 10^-2 in mathtext (slow to lay out)
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.text(0.5, 0.5, "no training steps yet", ha="center", va="center", transform=ax.transAxes)
     for s in estep_steps:

@@ -45,7 +45,7 @@ nav a { margin-right: 14px; }
 table.masks { border-collapse: separate; border-spacing: 6px 4px; }
 table.masks th { font-weight: 600; text-align: center; vertical-align: bottom; }
 table.masks th small { display: block; font-weight: 400; color: var(--muted); }
-table.masks th.concept { text-align: left; vertical-align: middle; min-width: 150px; padding-right: 8px; }
+table.masks th.concept { text-align: left; vertical-align: middle; min-width: 120px; padding-right: 8px; font-weight: 400; }
 .swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #444; vertical-align: middle; margin-right: 4px; }
 .flag { color: var(--bad); font-weight: 600; }
 td.cell { vertical-align: top; padding: 3px; border: 3px solid transparent; border-radius: 4px; background: white; }
@@ -172,9 +172,9 @@ def _concept_row(block: ImageBlock, row: ConceptRow, iterations: list[int], find
     if row.init:
         details.append(f"init {escape(row.init)}")
     if row.background:
-        details.append("background")
+        details.append("background concept")
     details.append("GT mask" if row.has_gt else "no GT mask")
-    label = f'<th class="concept" id="{escape(row.anchor)}"><code>{escape(row.token)}</code><div class="meta">{" · ".join(details)}</div>{flag}</th>'
+    label = f'<th class="concept" id="{escape(row.anchor)}"><code>{escape(row.token)}</code><div class="meta">{"<br>".join(details)}</div>{flag}</th>'
     by_iter = {c.iteration: c for c in row.cells}
     cells = []
     for it in iterations:
