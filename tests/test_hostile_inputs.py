@@ -334,6 +334,31 @@ def test_os_error_names_the_file(learned, monkeypatch):
     assert _stderr_lines(r) == ["error: Could not use /data/out/v1.safetensors: permission denied."]
 
 
+@pytest.mark.parametrize(
+    "raised, code, needle",
+    [
+        (ConnectionError("connection refused"), 1, "the hub could not be reached (connection refused)"),
+        (RuntimeError("size mismatch for conv_in.weight"), 2, "damaged or not a Stable-Diffusion-architecture model (size mismatch"),
+        (OSError("no file named model_index.json"), 2, "no file named model_index.json."),
+        (LookupError("something else"), 1, "Could not load model"),
+    ],
+)
+def test_model_load_failure_is_one_sentence(learned, monkeypatch, raised, code, needle):
+    from diffusers import StableDiffusionPipeline
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", failing)
+    before = tree_digest(learned)
+    r = cf("generate", learned, "a <v1>", "-n", "1")
+    assert r.exit_code == code, r.output
+    lines = _stderr_lines(r)
+    assert len(lines) == 1 and lines[0].startswith("error: Could not load model ") and needle in lines[0], r.output
+    _ok_output(r)
+    assert tree_digest(learned) == before
+
+
 def test_read_only_output_folder_is_refused(learned, tmp_path, monkeypatch):
     """A folder this user may not write to (root ignores chmod, so os.access answers here)."""
     import os
@@ -365,14 +390,19 @@ def test_kohya_export_stays_in_its_folder_whatever_the_manifest_says(learned, tm
     assert {p for p in tmp_path.rglob("*")} == before
 
 
-def test_kohya_export_refuses_a_non_plain_image_name():
-    from conceptforge.engine.interop import _plain_image_name
+@pytest.mark.parametrize("name", ["../../escape.png", "sub/../../escape.png", "/tmp/escape.png", "..", "a\\b.png"])
+def test_kohya_export_refuses_an_image_name_that_is_not_plain(learned, tmp_path, name):
+    """Even past the project loader (an in-memory project), the export reads and writes plain names only."""
+    from conceptforge.engine.interop import export_project
     from conceptforge.errors import InputError
+    from conceptforge.project import Project
 
-    assert _plain_image_name("first.png") == "first.png"
-    for name in ("../first.png", "sub/first.png", "..", "", "a\\b.png"):
-        with pytest.raises(InputError, match="not a plain file name"):
-            _plain_image_name(name)
+    project = Project.load(learned)
+    project.images[0].file = name
+    out = tmp_path / "deep" / "kohya"
+    with pytest.raises(InputError, match="not a plain file name"):
+        export_project(project, "kohya", out)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_evaluate_on_builtin_project_with_images_of_another_size(tmp_path):

@@ -97,7 +97,7 @@ def load_tokenizer(source: ModelSource):
             return CLIPTokenizer.from_pretrained(str(source.config), subfolder="tokenizer")
         return CLIPTokenizer.from_pretrained(source.spec, subfolder="tokenizer")
     except OSError as exc:
-        raise InputError(f"Could not load the tokenizer of model {source.spec}: {first_line(exc)}") from None
+        raise InputError(f"Could not load the tokenizer of model {source.spec}: {first_line(exc).rstrip('.')}.") from None
 
 
 def quiet_libraries() -> None:
@@ -132,12 +132,17 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
             pipe = StableDiffusionPipeline.from_single_file(str(source.path), **common)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.spec, **common)
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConceptforgeError(
+            f"Could not load model {label}: the hub could not be reached ({first_line(exc)}); pass a local folder or file, "
+            "or set HF_HUB_OFFLINE=1 to use the local cache."
+        ) from exc
     except (OSError, ValueError, SingleFileComponentError) as exc:
-        raise InputError(f"Could not load model {label}: {first_line(exc)}{hint}") from None
+        raise InputError(f"Could not load model {label}: {first_line(exc).rstrip('.')}{hint}.") from None
     except (KeyError, TypeError, AttributeError, RuntimeError) as exc:  # a damaged or foreign checkpoint
         raise InputError(f"Could not load model {label}: it is damaged or not a Stable-Diffusion-architecture model ({first_line(exc)}).") from exc
     except Exception as exc:  # noqa: BLE001 - e.g. a network failure while fetching a hub id
-        raise ConceptforgeError(f"Could not load model {label}: {first_line(exc)}") from exc
+        raise ConceptforgeError(f"Could not load model {label}: {first_line(exc).rstrip('.')}.") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
