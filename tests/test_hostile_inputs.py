@@ -220,6 +220,7 @@ CASES = [
     Case("generate-out-under-file", lambda p, t: [*gen("--out", t / "blocker" / "sub")(p, t)], 2, "{tmp}/blocker is a file", _blocker),
     Case("generate-out-markup-kept", lambda p, t: [*gen("--out", t / "f[/]x" / "[bnb]")(p, t)], 0, "[bnb]", check=_verbatim_out),
     Case("generate-error-markup-kept", lambda p, t: [*gen("--out", t / "blocker" / "[bnb]" / "x[/]y")(p, t)], 2, "[bnb]/x[/]y", _blocker),
+    Case("generate-out-in-runs", lambda p, t: [*gen("--out", p / "runs" / "x")(p, t)], 2, "inside the project's runs/ folder"),
     Case("generate-hub-offline", gen(), 2, "someone/not-in-the-cache is a hub id, and the hub is off (HF_HUB_OFFLINE=1)", _hub_model),
     # export
     *[
@@ -227,6 +228,7 @@ CASES = [
         for fmt in ("diffusers", "a1111", "kohya")
     ],
     Case("export-out-is-file", lambda p, t: ["export", p, "-f", "kohya", "--out", t / "blocker"], 2, "exists and is not a folder", _blocker),
+    Case("export-into-concepts", lambda p, t: ["export", p, "-f", "a1111", "--out", p / "concepts"], 2, "inside the project's concepts/ folder"),
     Case("export-format-unknown", lambda p, t: ["export", p, "-f", "onnx", "--out", t / "x"], 2, "'onnx'"),
     Case("export-concept-nan", lambda p, t: ["export", p, "-f", "diffusers", "--out", t / "x"], 2, "NaN", _write_vec(float("nan"))),
     Case("export-concept-damaged", lambda p, t: ["export", p, "-f", "a1111", "--out", t / "x"], 2, "v1.safetensors is damaged", _garbage("concepts/v1.safetensors")),
@@ -239,6 +241,7 @@ CASES = [
     Case("masks-sheet-unknown-extension", lambda p, t: ["masks", p, "--sheet", t / "sheet.xyz"], 2, "sheet.xyz ends in .xyz", check=_stays_inside),
     Case("masks-sheet-no-extension", lambda p, t: ["masks", p, "--sheet", t / "sheet"], 2, "has no extension", check=_stays_inside),
     Case("masks-sheet-under-file", lambda p, t: ["masks", p, "--sheet", t / "blocker" / "s.png"], 2, "{tmp}/blocker exists and is not a folder", _blocker),
+    Case("masks-sheet-over-an-image", lambda p, t: ["masks", p, "--sheet", p / "images" / "first.png"], 2, "inside the project's images/ folder"),
     Case("masks-failed-run", lambda p, t: ["masks", p], 2, "failed before writing masks (CUDA out of memory while sampling)", _failed_run),
     Case("masks-metrics-damaged", lambda p, t: ["masks", p], 2, "metrics.jsonl is damaged", _damaged_metrics),
     Case("masks-sheet-image-damaged", lambda p, t: ["masks", p, "--sheet", t / "s.png"], 2, "{proj}/images/first.png is damaged", _garbage("images/first.png")),
@@ -250,6 +253,7 @@ CASES = [
     Case("evaluate-metrics-damaged", lambda p, t: ["evaluate", p, "--no-generation"], 2, "metrics.jsonl is damaged", _damaged_metrics),
     Case("evaluate-plot-unknown-extension", lambda p, t: ["evaluate", p, "--no-generation", "--plot", t / "iou.xyz"], 2, "iou.xyz ends in .xyz"),
     Case("evaluate-plot-not-png", lambda p, t: ["evaluate", p, "--no-generation", "--plot", t / "iou.jpg"], 2, "iou.jpg ends in .jpg"),
+    Case("evaluate-plot-in-concepts", lambda p, t: ["evaluate", p, "--no-generation", "--plot", p / "concepts" / "iou.png"], 2, "inside the project's concepts/ folder"),
     Case("evaluate-clip-missing", lambda p, t: ["evaluate", p, "--clip", t / "no-clip"], 2, "{tmp}/no-clip does not exist"),
     Case("evaluate-device-bogus", lambda p, t: ["evaluate", p, "--device", "tpu"], 2, "'tpu'"),
     Case("evaluate-seed-negative", lambda p, t: ["evaluate", p, "--seed", "-4"], 2, "--seed -4"),

@@ -36,7 +36,7 @@ def evaluate_command(
     from ..engine import evaluate as ev
     from ..engine.backbone import pick_device, resolve_source
     from ..engine.generate import GenerateSettings, check_settings
-    from ..engine.outputs import check_image_output
+    from ..engine.outputs import check_image_output, check_outside_project_data
     from ..engine.runs import find_run
     from ..errors import InputError
     from ..project import Project
@@ -49,6 +49,8 @@ def evaluate_command(
         if clip is not None and not clip.is_dir():
             raise InputError(f"The CLIP model folder {clip} does not exist or is not a folder.")
     project = Project.load(directory)
+    if plot is not None:
+        check_outside_project_data(plot, project)
     run = find_run(project.runs_dir, run_id)
     if not ev.checked_estep_records(run):
         raise no_masks_error(run, directory)

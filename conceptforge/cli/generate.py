@@ -30,7 +30,7 @@ def generate_command(
     from ..engine.backbone import pick_device, resolve_source
     from ..engine.export import read_index
     from ..engine.generate import GenerateSettings, check_prompt, check_settings, generate
-    from ..engine.outputs import check_output_dir
+    from ..engine.outputs import check_output_dir, check_outside_project_data
     from ..errors import InputError
     from ..project import Project
 
@@ -43,6 +43,7 @@ def generate_command(
         raise InputError(f"No learned concepts in {project.concepts_dir}; run `conceptforge learn {directory}` first.")
     check_prompt(prompt, index["tokens"])
     out_dir = out or project.samples_dir
+    check_outside_project_data(out_dir, project)
     check_output_dir(out_dir)
     source = resolve_source(project.model, project.model_config, base=project.root)
     paths = generate(source, project.concepts_dir, prompt, out_dir, settings, project.model, negative)

@@ -34,7 +34,7 @@ def masks_command(
     from rich.text import Text
 
     from ..engine.evaluate import checked_estep_records
-    from ..engine.outputs import check_image_output
+    from ..engine.outputs import check_image_output, check_outside_project_data
     from ..engine.report import masks_report
     from ..engine.runs import find_run
     from ..errors import InputError
@@ -43,6 +43,8 @@ def masks_command(
     if sheet is not None:
         check_image_output(sheet, "contact sheet")
     project = Project.load(directory)
+    if sheet is not None:
+        check_outside_project_data(sheet, project)
     run = find_run(project.runs_dir, run_id)
     records = checked_estep_records(run)
     if not records:

@@ -38,7 +38,7 @@ import torch
 from ..errors import ConceptforgeError, InputError
 from ..fsutil import atomic_write
 from .export import LORA_FILE, read_index
-from .outputs import check_output_dir
+from .outputs import check_output_dir, check_outside_project_data
 from .tokens import load_concept_files
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def export_project(project: "Project", fmt: str, out: Path) -> ExportResult:
     index = read_index(project.concepts_dir)
     if index is None or not index.get("tokens"):
         raise InputError(f"No learned concepts in {project.concepts_dir}; run `conceptforge learn {project.root}` first.")
+    check_outside_project_data(out, project)
     check_output_dir(out)
     concept_files = {t: project.concepts_dir / f"{t[1:-1]}.safetensors" for t in index["tokens"]}
     embeddings = load_concept_files(concept_files)  # every file checked, whatever the format

@@ -44,3 +44,14 @@ def check_image_output(path: Path, what: str = "image", formats: tuple[str, ...]
         ends = f"ends in {path.suffix}, which is not {kind}" if path.suffix else "has no extension"
         raise InputError(f"The {what} path {path} {ends}; give a name ending in .png.")
     check_output_dir(path.parent, what=f"folder of the {what}")
+
+
+def check_outside_project_data(path: Path, project) -> None:  # noqa: ANN001 - a project.Project
+    """Refuse an output inside the folders the project keeps its data in
+    (images/, runs/, concepts/), where it could replace the user's images,
+    a run's masks or the learned concepts."""
+    target = path.expanduser().resolve()
+    for folder in (project.images_dir, project.runs_dir, project.concepts_dir):
+        kept = folder.resolve()
+        if target == kept or kept in target.parents:
+            raise InputError(f"The output {path} is inside the project's {folder.name}/ folder, which holds its data; choose another place.")
