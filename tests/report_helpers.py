@@ -49,7 +49,8 @@ def write_run(proj: Path, masks: dict[int, dict[tuple[str, str], np.ndarray]], g
     Areas and IoU values in metrics.jsonl are computed from the masks."""
     run = proj / "runs" / RUN_ID
     run.mkdir(parents=True)
-    (run / "state.json").write_text(json.dumps({"status": "finished", "created": 1767225600.0}))
+    timing = {"em_seconds": 3.0, "em_steps_timed": 60, "joint_seconds": 0.0, "joint_steps_timed": 0, "estep_seconds": 1.5}
+    (run / "state.json").write_text(json.dumps({"status": "finished", "created": 1767225600.0, "timing": timing}))
     (run / "config.yaml").write_text("model: test\nmasks: em\nem_steps: 6\njoint_steps: 0\nthreshold: 0.5\n")
     lines, prev = [], {}
     for it in sorted(masks):

@@ -166,6 +166,26 @@ def test_changed_cells_values_and_findings(handmade):
     assert page.links and all(link[1:] in anchors for link in page.links)  # each finding links to its row
 
 
+def test_timing_and_settings_from_the_run(handmade):
+    text = write_report(handmade, handmade / "runs" / RUN_ID).read_text()
+    assert "3.0 s for 60 steps (0.050 s/step)" in text and "later E-steps" in text
+    assert "<span>threshold</span> <code>0.5</code>" in text
+
+
+def test_a_run_without_e_steps_still_gets_a_page(tmp_path, tiny_model):
+    from report_helpers import scene_files
+
+    proj = make_project(tmp_path, tiny_model, scene_files(tmp_path / "src"))
+    run = proj / "runs" / RUN_ID
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"status": "running", "created": 1767225600.0}))
+    r = cf("report", proj)
+    assert r.exit_code == 0, r.output
+    text = (run / "report.html").read_text()
+    assert "No E-step yet" in text and 'http-equiv="refresh"' in text  # a running run's page reloads itself
+    assert all(decode(i["src"]).size[0] > 0 for i in Page(text).imgs)
+
+
 def test_nothing_flagged_on_stable_masks(tmp_path, tiny_model):
     from report_helpers import scene_files
 

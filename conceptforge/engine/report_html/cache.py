@@ -51,8 +51,8 @@ def fingerprint(path: Path | None) -> list[Any]:
 
 
 class PictureCache:
-    """PNG pictures under `folder` named by the hash of what they were made from
-    (no folder: nothing is kept)."""
+    """Rendered bytes under `folder` (PNG pictures, and the 3-byte RGB outline colour
+    of an image) named by the hash of what they were made from; no folder: nothing is kept."""
 
     def __init__(self, folder: Path | None):
         self.folder = folder
