@@ -9,6 +9,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("CONCEPTFORGE_THREADS", "1")  # tiny models: threads only add overhead
 
 import torch  # noqa: E402
 

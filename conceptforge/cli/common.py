@@ -36,7 +36,13 @@ _CLASS_PREFIX = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Interrupt|Warni
 
 class Command(TyperCommand):
     """A command whose help reads in words: `DIR PROMPT` in the usage line and
-    no type tag on flags such as --help."""
+    no type tag on flags such as --help, nor on an argument named in words."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar:
+                param.display_type_rich = lambda ctx: None  # "DIR", not "DIR <path>"
 
     def get_help_option(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         option = super().get_help_option(ctx)
@@ -50,7 +56,7 @@ class Command(TyperCommand):
             if isinstance(param, TyperArgument):
                 name = param.metavar or (param.name or "").upper()
                 name = name if param.required else f"[{name}]"
-                pieces.append(name + ("..." if param.nargs != 1 else ""))
+                pieces.append(name + ("..." if param.nargs != 1 and not name.endswith("...") else ""))
         return pieces
 
 
@@ -83,8 +89,18 @@ def app_options(
     version: Annotated[
         bool, typer.Option("--version", metavar="", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", metavar="N", min=1, envvar="CONCEPTFORGE_THREADS",
+            help="CPU threads for torch (also CONCEPTFORGE_THREADS).", show_default="the cores not busy with other processes",
+        ),
+    ] = None,
 ) -> None:
     """Learn text tokens for visual concepts in your images without masks, then generate them in new scenes."""
+    from ..threads import configure_threads
+
+    configure_threads(threads)
 
 
 def debug_enabled() -> bool:
