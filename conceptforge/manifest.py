@@ -36,6 +36,11 @@ TOP: Schema = (frozenset({"version", "model", "model_config", "images", "setting
 _ALL: Schema = (None, {})
 
 
+def _safe_load(text: str) -> Any:
+    """PyYAML's safe loader, through libyaml when it is there (the same values, faster)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def read_manifest(path: Path) -> Any:
     """The manifest's YAML data, or InputError naming the file (and line) when it cannot be read."""
     try:
@@ -45,13 +50,42 @@ def read_manifest(path: Path) -> Any:
     except OSError as exc:
         raise InputError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}).") from None
     try:
-        return yaml.safe_load(text)
+        data = _safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise InputError(f"{path} is not valid YAML{where}.") from None
     except RecursionError:
         raise InputError(f"{path} is not valid YAML (it is nested too deeply).") from None
+    except (ValueError, OverflowError):
+        raise InputError(f"{path} is not valid YAML (a value in it cannot be read, such as a number thousands of digits long).") from None
+    problem = _shape_problem(data)
+    if problem is not None:
+        raise InputError(f"{path} is {problem}.")
+    return data
+
+
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 64
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Refuse data too big to walk (aliases repeat a value without copying it) or nested too deeply."""
+    stack = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return f"too large (over {MAX_VALUES} values, counting each repetition of an alias)"
+        if depth > MAX_DEPTH:
+            return f"nested too deeply (over {MAX_DEPTH} levels)"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value.keys() if isinstance(k, tuple))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
@@ -113,12 +147,10 @@ def _round_trip_text(path: Path, data: dict[str, Any]) -> str | None:
         buf = io.StringIO()
         rt.dump(doc, buf)
         text = buf.getvalue()
-        back = yaml.safe_load(text)
+        back = _safe_load(text)
+        return text if _equal(_owned(back, TOP), data) else None
     except Exception:  # noqa: BLE001 - any failure of the comment-keeping path falls back to a plain write
         return None
-    if not _equal(_owned(back, TOP), data):
-        return None
-    return text
 
 
 def _owned(value: Any, schema: Schema) -> Any:

@@ -200,9 +200,7 @@ class Project:
         with manifest_lock(root):
             manifest = root / MANIFEST
             repair = None
-            if manifest.exists():
-                if not manifest.is_file():
-                    raise InputError(f"{manifest} is not a file; move it out of the way first.")
+            if manifest.is_file():
                 try:
                     old = cls.load(root)
                     data["images"], data["settings"] = old.images, old.settings
@@ -223,6 +221,8 @@ class Project:
             raise InputError(f"{root} is already a conceptforge project; pass --force to re-initialise it.")
         if root.exists() and not root.is_dir():
             raise InputError(f"{root} exists and is not a folder.")
+        if (root / MANIFEST).exists() and not (root / MANIFEST).is_file():
+            raise InputError(f"{root / MANIFEST} is not a file; move it out of the way first.")
         for parent in root.absolute().parents:
             if parent.exists():
                 if not parent.is_dir():

@@ -442,3 +442,25 @@ def test_refusal_on_a_project_without_lock_file_leaves_it_unchanged(tmp_path, pr
     _refused(proj, "add-concept", proj, tmp_path / "a.png", "--token", "<A>", needle="differs only in case")
     _refused(proj, "remove-concept", proj, "--token", "<zz>", needle="not a concept")
     assert not (proj / ".conceptforge.lock").exists()
+
+
+def _alias_bomb() -> str:
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(8):
+        prev, name = chr(97 + i), chr(98 + i)
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    return "version: 1\nmodel: m\n" + "\n".join(lines) + "\nsettings: {s: *i}\n"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (_alias_bomb(), "too large"),
+        ("version: 1\nmodel: m\nsettings: {a: " + "[" * 70 + "]" * 70 + "}\n", "nested too deeply"),
+        ("version: " + "9" * 5000 + "\nmodel: m\n", "thousands of digits"),
+        ('version: !!python/object/apply:os.system ["echo hi"]\n', "not valid YAML"),
+    ],
+)
+def test_hostile_yaml_is_refused(proj, text, needle):
+    (proj / MANIFEST).write_text(text)
+    _refused(proj, "concepts", proj, needle=needle)
