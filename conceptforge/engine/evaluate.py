@@ -84,7 +84,7 @@ def plot_curves(curves: dict[str, Any], out: Path, title: str) -> Path:
     from ..fsutil import atomic_write
     from .plots import iou_gt_png
 
-    data = iou_gt_png(curves["concepts"], title)
+    data = iou_gt_png(curves["concepts"], title, figsize=(6.4, 4.4))
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out
 

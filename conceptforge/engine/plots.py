@@ -12,10 +12,18 @@ FIGSIZE = (4.3, 3.3)
 DPI = 100
 
 
-def _figure(title: str, xlabel: str, ylabel: str):
+MARKERS = "osD^vP*Xph"
+
+
+def _style(k: int) -> dict[str, Any]:
+    """Line k's colour and marker; earlier lines are drawn wider, so equal curves stay visible under later ones."""
+    return {"color": f"C{k % 10}", "marker": MARKERS[k % len(MARKERS)], "markersize": max(3.0, 7.0 - k), "linewidth": max(1.3, 3.0 - 0.6 * k)}
+
+
+def _figure(title: str, xlabel: str, ylabel: str, figsize: tuple[float, float] = FIGSIZE):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
@@ -96,21 +104,22 @@ def iou_png(records: list[dict[str, Any]]) -> bytes:
     ax.set_ylim(-0.03, 1.03)
     handles, styles = [], set()
     for k, (key, pts) in enumerate(_series(records).items()):
-        colour = f"C{k % 10}"
+        style = _style(k)
+        colour = style["color"]
         gt = [(s, m["iou_gt"]) for s, m in pts if m.get("iou_gt") is not None]
         prev = [(s, m["iou_prev"]) for s, m in pts if m.get("iou_prev") is not None]
         if gt:
-            ax.plot(*zip(*gt), color=colour, marker="o", markersize=4, linewidth=1.8)
+            ax.plot(*zip(*gt), **style)
             styles.add("gt")
         if prev:
-            ax.plot(*zip(*prev), color=colour, marker="x", markersize=5, linewidth=1.2, linestyle="--")
+            ax.plot(*zip(*prev), color=colour, marker="x", markersize=5, linewidth=1.1, linestyle="--")
             styles.add("prev")
         if gt or prev:
-            handles.append(Line2D([], [], color=colour, linewidth=3, label=key))
+            handles.append(Line2D([], [], color=colour, marker=style["marker"], linewidth=3, label=key))
     if "gt" in styles:
-        handles.append(Line2D([], [], color="black", marker="o", markersize=4, linewidth=1.8, label="vs GT mask"))
+        handles.append(Line2D([], [], color="black", linewidth=1.8, label="vs GT mask"))
     if "prev" in styles:
-        handles.append(Line2D([], [], color="black", marker="x", markersize=5, linewidth=1.2, linestyle="--", label="vs previous E-step"))
+        handles.append(Line2D([], [], color="black", marker="x", markersize=5, linewidth=1.1, linestyle="--", label="vs previous E-step"))
     if not handles:
         ax.text(0.5, 0.5, "needs two E-steps or a GT mask", ha="center", va="center", transform=ax.transAxes)
     _legend(ax, len(handles), handles)
@@ -123,19 +132,19 @@ def area_png(records: list[dict[str, Any]]) -> bytes:
     ax.set_ylim(-2, 102)
     series = _series(records)
     for k, (key, pts) in enumerate(series.items()):
-        ax.plot([s for s, _ in pts], [100 * m["area"] for _, m in pts], color=f"C{k % 10}", marker="o", markersize=4, linewidth=1.8, label=key)
+        ax.plot([s for s, _ in pts], [100 * m["area"] for _, m in pts], label=key, **_style(k))
     if not series:
         ax.text(0.5, 0.5, "no E-step yet", ha="center", va="center", transform=ax.transAxes)
     _legend(ax, len(series))
     return _png(fig)
 
 
-def iou_gt_png(concepts: list[dict[str, Any]], title: str) -> bytes:
+def iou_gt_png(concepts: list[dict[str, Any]], title: str, figsize: tuple[float, float] = FIGSIZE) -> bytes:
     """IoU with the GT mask against the step, one line per concept (`iou_curves` output)."""
-    fig, ax = _figure(title, "step", "IoU with GT mask")
+    fig, ax = _figure(title, "step", "IoU with GT mask", figsize)
     ax.set_ylim(-0.03, 1.03)
     for k, c in enumerate(concepts):
-        ax.plot(c["steps"], c["iou"], color=f"C{k % 10}", marker="o", markersize=4, linewidth=1.8, label=f"{c['image']} {c['token']}")
+        ax.plot(c["steps"], c["iou"], label=f"{c['image']} {c['token']}", **_style(k))
     if not concepts:
         ax.text(0.5, 0.5, "no concept has a GT mask", ha="center", va="center", transform=ax.transAxes)
     _legend(ax, len(concepts))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ...fsutil import current_umask
 
-VERSION = 1  # raise when pictures are drawn differently, so kept ones are drawn again
+VERSION = 2  # raise when pictures are drawn differently, so kept ones are drawn again
 _NAME = re.compile(r"^[0-9a-f]{40}\.png$")
 
 
