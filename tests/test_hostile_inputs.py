@@ -125,6 +125,16 @@ def _damaged_mask(proj: Path, tmp: Path) -> None:
         path.write_text("not a png")
 
 
+def _nan_lora(proj: Path, tmp: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = proj / "concepts" / "pytorch_lora_weights.safetensors"
+    data = load_file(str(path))
+    key = sorted(data)[0]
+    data[key] = torch.full_like(data[key], float("nan"))
+    save_file(data, str(path))
+
+
 def _hub_model(proj: Path, tmp: Path) -> None:
     manifest = proj / "conceptforge.yaml"
     data = yaml.safe_load(manifest.read_text())
@@ -209,6 +219,7 @@ CASES = [
     Case("generate-index-finetune-bogus", gen(), 2, "finetune 'most'", _index(finetune="most")),
     Case("generate-lora-missing", gen(), 2, "pytorch_lora_weights.safetensors is missing", _remove("concepts/pytorch_lora_weights.safetensors")),
     Case("generate-lora-damaged", gen(), 2, "pytorch_lora_weights.safetensors is damaged", _garbage("concepts/pytorch_lora_weights.safetensors")),
+    Case("generate-lora-nan", gen(), 2, "pytorch_lora_weights.safetensors holds NaN or infinite values", _nan_lora, _no_samples),
     # generate: values
     Case("generate-guidance-nan", gen("--guidance", "nan"), 2, "--guidance nan"),
     Case("generate-guidance-negative", gen("--guidance", "-3"), 2, "--guidance -3"),
@@ -361,6 +372,39 @@ def test_model_load_failure_is_one_sentence(learned, monkeypatch, raised, code, 
     assert len(lines) == 1 and lines[0].startswith("error: Could not load model ") and needle in lines[0], r.output
     _ok_output(r)
     assert tree_digest(learned) == before
+
+
+def test_nan_image_is_never_written(learned, tmp_path, monkeypatch):
+    """Whatever makes the sampler return NaN (here: a stand-in), no black PNG is written and the exit code is 1."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", lambda self, *a, **k: SimpleNamespace(images=np.full((1, 8, 8, 3), np.nan, np.float32)))
+    r = cf("generate", learned, "a <v1>", "-n", "2", "--out", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert _stderr_lines(r) == [
+        "error: The model produced NaN or infinite values for seed 0, so no image was written for it (0 written before); "
+        "the model or its fine-tuned weights are damaged or overflow at this precision."
+    ]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    "requested, expected",
+    [("auto", "cuda"), ("cuda", "cuda"), ("cuda:0", "cuda:0"), ("cpu", "cpu"), (" CPU ", "cpu"), ("cuda:1", None), ("tpu", None), ("cuda:", None)],
+)
+def test_pick_device_on_a_machine_with_one_cuda_device(monkeypatch, requested, expected):
+    from conceptforge.engine.backbone import pick_device
+    from conceptforge.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    if expected is None:
+        with pytest.raises(InputError, match="--device"):
+            pick_device(requested)
+    else:
+        assert pick_device(requested) == torch.device(expected)
 
 
 def test_read_only_output_folder_is_refused(learned, tmp_path, monkeypatch):

@@ -104,6 +104,7 @@ def load_concept_pipeline(source: ModelSource, concepts_dir: Path, device: torch
         check_embedding(token, vec, files[token], width)
     install_concepts(pipe.tokenizer, pipe.text_encoder, embeddings)
     if index["finetune"] == "lora":
+        _check_finite_lora(lora)
         try:
             pipe.load_lora_weights(str(concepts_dir), weight_name=LORA_FILE)
         except Exception as exc:  # noqa: BLE001 - safetensors, peft and diffusers each raise their own kinds
@@ -117,6 +118,19 @@ def load_concept_pipeline(source: ModelSource, concepts_dir: Path, device: torch
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"The fine-tuned UNet folder {unet_dir} is damaged ({first_line(exc)}).") from None
     return pipe.to(device), index
+
+
+def _check_finite_lora(path: Path) -> None:
+    """Refuse a LoRA file whose values are not all finite (it would make every sample black)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            bad = next((k for k in fh.keys() if not bool(torch.isfinite(fh.get_tensor(k).float()).all())), None)
+    except Exception:  # noqa: BLE001 - a damaged file: load_lora_weights names it below
+        return
+    if bad is not None:
+        raise InputError(f"The LoRA file {path} holds NaN or infinite values (in {bad}); run `conceptforge learn` again.")
 
 
 def generate(
