@@ -68,9 +68,9 @@ class Repair:
     """What `init --force` did with a manifest it could not load."""
 
     backup: Path  # the broken manifest, kept
-    reason: str  # why it could not be loaded
-    kept: int  # image entries carried over
-    total: int  # image entries the broken manifest had
+    reason: str  # why it could not be loaded, after "it": "is not valid YAML at line 3"
+    images: tuple[int, int]  # image entries carried over, of those the broken manifest had
+    concepts: tuple[int, int]  # concepts carried over, of those the broken manifest had
 
 
 # -- rules ----------------------------------------------------------------------
@@ -205,10 +205,11 @@ class Project:
                     old = cls.load(root)
                     data["images"], data["settings"] = old.images, old.settings
                 except InputError as exc:
-                    data["images"], data["settings"], kept, total = _salvage(root, manifest)
+                    data["images"], data["settings"], images, concepts = _salvage(root, manifest)
                     backup = backup_name(manifest)
                     shutil.copy2(manifest, backup)
-                    repair = Repair(backup=backup, reason=str(exc), kept=kept, total=total)
+                    reason = str(exc).removeprefix(f"{manifest} ").rstrip(".")
+                    repair = Repair(backup=backup, reason=reason, images=images, concepts=concepts)
             project = cls(root, data)
             project.repair = repair
             project.save()
@@ -516,22 +517,36 @@ def _check_images(images: list[ImageEntry]) -> None:
                 raise _Broken(f"the tokens {other} and {c.token} differ only in case; use one spelling")
 
 
-def _salvage(root: Path, manifest: Path) -> tuple[list[ImageEntry], dict[str, Any], int, int]:
-    """The image entries (and settings) of a broken manifest that still parse on their own."""
+def _salvage(root: Path, manifest: Path) -> tuple[list[ImageEntry], dict[str, Any], tuple[int, int], tuple[int, int]]:
+    """What still parses in a broken manifest: image entries with the concepts that parse, and the settings.
+
+    Returns (entries, settings, (images kept, of), (concepts kept, of)); an image left with no concept is dropped."""
     try:
         raw = read_manifest(manifest)
     except InputError:
-        return [], {}, 0, 0
+        return [], {}, (0, 0), (0, 0)
     if not isinstance(raw, dict):
-        return [], {}, 0, 0
+        return [], {}, (0, 0), (0, 0)
     images_raw = raw.get("images") if isinstance(raw.get("images"), list) else []
     kept: list[ImageEntry] = []
+    concepts_seen = 0
     for i, im in enumerate(images_raw):
-        try:
-            entry = _parse_image(im, i, root)
-            _check_images(kept + [entry])
-        except _Broken:
+        candidates = im.get("concepts") if isinstance(im, dict) and isinstance(im.get("concepts"), list) else []
+        concepts_seen += len(candidates)
+        if not isinstance(im, dict):
             continue
-        kept.append(entry)
+        good: list[Any] = []
+        entry = None
+        for c in candidates:
+            try:
+                trial = _parse_image({**im, "concepts": good + [c]}, i, root)
+                _check_images(kept + [trial])
+            except _Broken:
+                continue
+            good.append(c)
+            entry = trial
+        if entry is not None:
+            kept.append(entry)
     settings = raw.get("settings") if isinstance(raw.get("settings"), dict) else {}
-    return kept, settings, len(kept), len(images_raw)
+    concepts_kept = sum(len(e.concepts) for e in kept)
+    return kept, settings, (len(kept), len(images_raw)), (concepts_kept, concepts_seen)

@@ -375,16 +375,24 @@ def test_init_under_a_file_is_refused(tmp_path):
 def test_init_force_repairs_a_broken_manifest(tmp_path, proj):
     other = _rgb(tmp_path / "other.png", colour=(9, 9, 9))
     assert cf("add-concept", proj, other, "--token", "<o>").exit_code == 0
-    _edit(proj, lambda d: d["images"][1]["concepts"][0].__setitem__("background", "false"))
+    assert cf("add-concept", proj, other, "--token", "<p>").exit_code == 0
+
+    def breakage(d):
+        d["images"][1]["concepts"][1]["background"] = "false"  # <p> is lost, <o> on the same image is kept
+        d["images"].append({"file": "../../x.png", "sha256": "0" * 64, "concepts": [{"token": "<q>"}]})
+
+    _edit(proj, breakage)
     broken = (proj / MANIFEST).read_bytes()
     before = set(p.relative_to(proj) for p in proj.rglob("*"))
     _refused(proj, "init", proj, needle="--force")
     r = cf("init", proj, "--force")
     assert r.exit_code == 0, r.output
-    assert "Repaired" in r.output and "1 of its 2 image entries" in _text(r)
+    text = _text(r)
+    assert "Repaired" in text and "(it is broken: background of <p>" in text
+    assert "2 of its 3 image entries and 2 of its 4 concepts were carried over" in text
     backups = list(proj.glob("conceptforge.yaml.broken-*"))
-    assert len(backups) == 1 and backups[0].read_bytes() == broken
-    assert Project.load(proj).tokens() == ["<a>"]
+    assert len(backups) == 1 and backups[0].read_bytes() == broken and backups[0].name in text
+    assert Project.load(proj).tokens() == ["<a>", "<o>"]
     assert before <= set(p.relative_to(proj) for p in proj.rglob("*"))  # nothing deleted
 
 
@@ -392,7 +400,7 @@ def test_init_force_on_unreadable_yaml_starts_fresh(proj):
     (proj / MANIFEST).write_text("version: 1\nimages: [unclosed\n")
     r = cf("init", proj, "--force")
     assert r.exit_code == 0, r.output
-    assert "0 of its 0 image entries" in _text(r)
+    assert "(it is not valid YAML at line 3)" in _text(r) and "starts afresh" in _text(r)
     assert Project.load(proj).images == []
     assert (proj / "images" / "a.png").is_file()
     assert len(list(proj.glob("conceptforge.yaml.broken-*"))) == 1

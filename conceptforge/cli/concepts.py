@@ -48,16 +48,17 @@ def add_concept_command(
     check = (lambda t: is_model_word(tokenizer, t)) if tokenizer is not None else None
     entry, concept = project.add_concept(image, token, init=init, background=background, gt_mask=gt_mask, is_model_word=check)
     if quiet:
-        console.print(f"{entry.file} {concept.token}", markup=False, highlight=False)
+        console.print(f"{entry.file} {concept.token}", markup=False, highlight=False, soft_wrap=True)
         return
     n = len(entry.concepts)
-    console.print(f"Added [bold]{escape(concept.token)}[/] to images/{escape(entry.file)} ({n} concept{'s' if n != 1 else ''} on it).")
+    console.print(f"Added [bold]{escape(concept.token)}[/] to images/{escape(entry.file)} ({n} concept{'s' if n != 1 else ''} on it).", soft_wrap=True)
     if pieces is not None and len(pieces) > 1:
         console.print(
             f"Note: the model's tokenizer splits the init word {init!r} into {len(pieces)} pieces ({' '.join(pieces)}); "
             f"the first, {pieces[0]}, seeds {concept.token}.",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -74,7 +75,7 @@ def remove_concept_command(
     result = project.remove_concept(token)
     if quiet:
         for entry, removed in result:
-            console.print(f"{entry.file} {'removed' if removed else 'kept'}", markup=False, highlight=False)
+            console.print(f"{entry.file} {'removed' if removed else 'kept'}", markup=False, highlight=False, soft_wrap=True)
         return
     gone = [entry.file for entry, removed in result if removed]
     text = f"Removed {token} from {len(result)} image{'s' if len(result) != 1 else ''}."
@@ -83,7 +84,7 @@ def remove_concept_command(
             f" {', '.join('images/' + f for f in gone)} {'has' if len(gone) == 1 else 'have'} no concept left and left the "
             "manifest; the files stay in images/."
         )
-    console.print(text, markup=False, highlight=False)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @handle_errors

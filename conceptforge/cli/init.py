@@ -32,13 +32,19 @@ def init_command(
     project = Project.create(directory, model=spec, force=force, model_config=str(source.config) if source.config else None)
     repair = project.repair
     if quiet:
-        console.print(str(project.root), markup=False, highlight=False)
+        console.print(str(project.root), markup=False, highlight=False, soft_wrap=True)
         return
     if repair is not None:
+        carried = (
+            f"{repair.images[0]} of its {repair.images[1]} image entries and {repair.concepts[0]} of its {repair.concepts[1]} "
+            "concepts were carried over"
+            if repair.images[0]
+            else "nothing in it could be carried over, so the manifest starts afresh (the files in images/ stay)"
+        )
         console.print(
-            f"Repaired {project.manifest_path}: it could not be loaded ({repair.reason.rstrip('.')}); the broken file is kept as "
-            f"{repair.backup.name}, and {repair.kept} of its {repair.total} image entries were kept.",
+            f"Repaired {project.manifest_path} (it {repair.reason}): the broken file is kept as {repair.backup.name}; {carried}.",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
-    console.print(f"Initialised [bold]{escape(str(project.root))}[/] with model [cyan]{escape(spec)}[/].")
+    console.print(f"Initialised [bold]{escape(str(project.root))}[/] with model [cyan]{escape(spec)}[/].", soft_wrap=True)
