@@ -212,6 +212,8 @@ CASES = [
     Case("generate-concept-wrong-key", gen(), 2, "holds the token '<zz>'", _write_vec(0.0, key="<zz>")),
     Case("generate-concept-two-tensors", gen(), 2, "holds 2 tensors", _write_vec(0.0, extra=True)),
     Case("generate-concept-wrong-width", gen(), 2, "48 values wide but the model's text embeddings are 32", _all_wide(48)),
+    Case("generate-concept-too-wide", gen(), 2, "100000 values wide", _write_vec(0.0, width=100_000)),
+    Case("generate-concept-integer", gen(), 2, "of type int64, not floating point", lambda p, t: save_file({"<v1>": torch.zeros(1, 32, dtype=torch.int64)}, str(_concept(p)))),
     Case("generate-concept-missing", gen(), 2, "v2.safetensors is missing", _remove("concepts/v2.safetensors")),
     Case("generate-index-damaged", gen(), 2, "concepts.json is damaged: it is not valid JSON", _garbage("concepts/concepts.json", "{broken")),
     Case("generate-index-not-object", gen(), 2, "concepts.json is damaged: it is not a JSON object", _garbage("concepts/concepts.json", "[1, 2]")),
@@ -388,6 +390,20 @@ def test_nan_image_is_never_written(learned, tmp_path, monkeypatch):
         "the model or its fine-tuned weights are damaged or overflow at this precision."
     ]
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_broken_learned_embedding_is_never_saved(tmp_path):
+    from conceptforge.engine.tokens import MAX_EMBEDDING_NORM, check_embedding, save_concept_files
+    from conceptforge.errors import ConceptforgeError, InputError
+
+    good, huge = torch.full((32,), 0.01), torch.full((32,), MAX_EMBEDDING_NORM)
+    with pytest.raises(ConceptforgeError, match="<v2>.*norm"):
+        save_concept_files(tmp_path, {"<v1>": good, "<v2>": huge})
+    assert list(tmp_path.iterdir()) == []  # not even the good one
+    assert save_concept_files(tmp_path, {"<v1>": good}) == [tmp_path / "v1.safetensors"]
+    assert torch.equal(check_embedding("<v1>", good.reshape(1, -1), "x", width=32), good)
+    with pytest.raises(InputError, match="x cannot be used for <v1>: it is 32 values wide but the model's text embeddings are 48 wide"):
+        check_embedding("<v1>", good, "x", width=48)
 
 
 @pytest.mark.parametrize(

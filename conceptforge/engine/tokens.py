@@ -20,6 +20,7 @@ from ..fsutil import atomic_write
 # or foreign file; it saturates the text encoder (in half precision, to inf)
 # and the sampler then writes black images.
 MAX_EMBEDDING_NORM = 1000.0
+MAX_EMBEDDING_WIDTH = 1 << 16  # text encoders are 512 to 4096 wide; the header is checked before any read
 FINETUNE_KINDS = ("none", "lora", "full")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -154,6 +155,8 @@ def load_concept_file(path: Path, token: str, width: int | None = None) -> torch
             shape = fh.get_slice(token).get_shape()
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
                 raise InputError(f"The concept file {path} cannot be used for {token}: its shape is {tuple(shape)}, not (1, width).")
+            if shape[-1] > MAX_EMBEDDING_WIDTH:
+                raise InputError(f"The concept file {path} cannot be used for {token}: it is {shape[-1]} values wide, more than any text encoder's {MAX_EMBEDDING_WIDTH}.")
             vec = fh.get_tensor(token)
     except InputError:
         raise
