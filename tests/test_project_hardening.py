@@ -365,6 +365,22 @@ def test_init_path_with_markup(tmp_path):
     assert r.exit_code == 0 and "x[/]y" in r.output
 
 
+def test_markup_in_user_text_is_printed_verbatim(tmp_path):
+    root = tmp_path / "p[bold]q"
+    assert cf("init", root).exit_code == 0
+    src = tmp_path / "[red]x[/]"  # the folders "[red]x[" and "]"
+    src.mkdir(parents=True)
+    image = _rgb(src / "pic.png")
+    r = cf("add-concept", root, image, "--token", "<a>", "--init", "ball")
+    assert r.exit_code == 0 and "images/pic.png" in _text(r), r.output
+    r = cf("add-concept", root, src / "gone[/].png", "--token", "<b>")
+    assert r.exit_code == 2 and "gone[/].png does not exist" in _text(r), r.output
+    r = cf("remove-concept", root, "--token", "<a>")
+    assert r.exit_code == 0 and "Removed <a>" in r.output, r.output
+    r = cf("init", root, "--force", "-q")
+    assert r.exit_code == 0 and r.output.strip() == str(root)
+
+
 def test_init_under_a_file_is_refused(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = cf("init", tmp_path / "afile" / "deeper" / "proj")
