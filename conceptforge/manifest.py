@@ -119,12 +119,18 @@ def manifest_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]
 
 # -- round trip ---------------------------------------------------------------
 def _yaml():
+    """ruamel.yaml's round trip, writing None as null (as PyYAML does) rather than as nothing."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
 
+    class Representer(RoundTripRepresenter):
+        pass
+
+    Representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     rt = YAML(typ="rt")
+    rt.Representer = Representer
     rt.preserve_quotes = True
     rt.width = 4096
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return rt
 
 
