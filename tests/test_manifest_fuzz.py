@@ -3,17 +3,22 @@ or one InputError, and the token rule accepts exactly the documented tokens."""
 
 from __future__ import annotations
 
+import os
 import re
 import string
 import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from conceptforge.errors import InputError
-from conceptforge.project import Project, validate_token
+# Hypothesis keeps caches (unicode tables, constants) in a folder; keep it out of the checkout
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "conceptforge-hypothesis"))
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conceptforge.errors import InputError  # noqa: E402
+from conceptforge.project import Project, validate_token  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
