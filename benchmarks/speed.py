@@ -1,22 +1,34 @@
-"""Speed and memory of the method's steps.
+"""Speed and memory of the method, timed on the product's own code path.
 
-Built-in model (the example project): seconds per EM-phase step, per joint
-step (LoRA), and per E-step split into UNet passes and DenseCRF.  A full-size
-SD-1.5-configured UNet with random weights: one training step of the token
-phase and of the joint phase (LoRA), with and without gradient checkpointing
-and mixed precision.  Each configuration runs in its own process so that its
-peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+1. Built-in model, example project: seconds per EM-phase step, joint step,
+   first E-step and later E-step (UNet passes and DenseCRF).
+2. Cost of EM on built-in projects of several images (scenes of two objects
+   and a background): `learn --masks em` against `--masks fixed` in one
+   process; later E-steps as a share of the EM phase's training time, the
+   first E-step per image in training steps, the whole learn as a ratio.
+3. A Stable-Diffusion-1.5-configured pipeline with random weights (UNet,
+   CLIP ViT-L text encoder, VAE) at 512 px: one `Trainer.train_step` per
+   memory option, one E-step with the SD defaults, and the E-step share of
+   the EM phase at the SD schedule.
+4. `conceptforge learn` on the example project beside a competing busy
+   process: the chosen thread count against torch's default, as ratios to the
+   same learn without the competing process.
 
-    python benchmarks/speed.py [--skip-sd] [--device cpu]
+Each configuration runs in its own process, so that its peak memory (max RSS
+on CPU, max allocated on CUDA) is its own.
 
-Writes benchmarks/results/speed.md.
+    python benchmarks/speed.py [--device cpu] [--skip-sd] [--skip-threads] [--images 3,10]
+
+Writes benchmarks/results/speed.md (and speed.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +45,12 @@ SD15_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=768, attention_head_dim=8,
 )
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+PHOTO = ROOT.parent / "shared" / "data" / "break-a-scene-examples" / "bear" / "img.jpg"
 
 
 def peak_memory_mb(device: str) -> float:
@@ -43,103 +61,210 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- 1. example project
+
+
 def builtin_worker(device: str, steps: int) -> dict:
-    """Time the phases of the method on the example project."""
-    import shutil
-
-    import torch
-
-    from conceptforge.engine import masks as mask_ops
-    from conceptforge.engine.backbone import resolve_source
+    """Time the phases of the method on the example project (public API)."""
     from conceptforge.engine.config import resolve_config
-    from conceptforge.engine.em import Learner
-    from conceptforge.engine.runs import new_run
+    from conceptforge.engine.learn import build_trainer
     from conceptforge.project import Project
 
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(ROOT / "examples" / "shapes-duo", tmp / "p")
     project = Project.load(tmp / "p")
     cfg = resolve_config(True, {}, {"device": device})
-    learner = Learner(project, new_run(project.runs_dir, "speed"), cfg, resolve_source(project.model))
-    learner._setup()
-    learner._make_optimizer("em")
-    out = {"init_mask_signal": cfg.init_mask_signal, "init_mask_timesteps": cfg.init_mask_timesteps}
-    t = time.perf_counter()
-    learner._estep(0, cfg.init_mask_timesteps)  # the first E-step: initial masks, DenseCRF and mask PNGs included
-    out["first_estep_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(steps):
-        learner._train_step()
-    out["em_step_s"] = (time.perf_counter() - t) / steps
-    # one later E-step (the configured mask signal), split: UNet passes and DenseCRF
-    learner.iteration = 1
-    t = time.perf_counter()
-    maps = [learner._mask_signal(i, cfg.mask_timesteps, 1) for i in range(len(learner.images))]
-    out["estep_unet_s"] = time.perf_counter() - t
-    out["mask_signal"] = cfg.mask_signal
-    t = time.perf_counter()
-    for data, m in zip(learner.images, maps):
-        mask_ops.refine_masks(data.rgb, m, has_background=any(data.background))
-    out["estep_crf_s"] = time.perf_counter() - t
-    learner._make_optimizer("joint")
-    t = time.perf_counter()
-    for _ in range(steps):
-        learner._train_step()
-    out["joint_step_s"] = (time.perf_counter() - t) / steps
+    trainer = build_trainer(project, cfg)
+    out = {"init_mask_signal": cfg.init_mask_signal, "init_mask_timesteps": cfg.init_mask_timesteps, "mask_signal": cfg.mask_signal}
+    out["first_estep_s"] = _timed(trainer.start)  # the initial masks: signal and DenseCRF for every image
+    out["em_step_s"] = _timed(lambda: [trainer.train_step() for _ in range(steps)]) / steps
+    estimator = trainer.estimator
+    out["estep_unet_s"] = _timed(lambda: [estimator.signal(i, 1, cfg.mask_timesteps, 1) for i in range(len(trainer.images))])
+    out["estep_s"] = _timed(trainer.run_estep)
+    out["estep_crf_s"] = max(0.0, out["estep_s"] - out["estep_unet_s"])
+    trainer.make_optimizer("joint")
+    out["joint_step_s"] = _timed(lambda: [trainer.train_step() for _ in range(steps)]) / steps
     out["peak_mb"] = peak_memory_mb(device)
-    torch.cuda.empty_cache() if device == "cuda" else None
     return out
 
 
-def sd_worker(device: str, phase: str, checkpointing: bool, precision: str, optimizer: str = "adamw") -> dict:
-    """One training step of a random SD-1.5-configured UNet with capture at 16x16."""
-    import torch
-    from diffusers import UNet2DConditionModel
+# --------------------------------------------------------------------------- 2. several images
 
-    from conceptforge.engine.attention import AttentionStore, capture_cross_attention
-    from conceptforge.engine.losses import attention_loss, masked_diffusion_loss
+
+def scene_project(root: Path, seeds: list[int]) -> Path:
+    """A built-in project of the scenes: one token per object (its shape word) and one per background."""
+    import numpy as np
+    from PIL import Image
+
+    from conceptforge.project import Project
+    from conceptforge.shapes.world import sample_scene
+
+    if root.exists():
+        shutil.rmtree(root)
+    project = Project.create(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        for seed in seeds:
+            scene = sample_scene(seed)
+            image = t / f"scene{seed}.png"
+            scene.image.save(image)
+            for k, obj in enumerate(scene.objects):
+                mask = t / f"{seed}-o{k}.png"
+                Image.fromarray((obj.mask * 255).astype(np.uint8)).save(mask)
+                project.add_concept(image, f"<s{seed}-o{k}>", init=obj.shape, gt_mask=mask)
+            mask = t / f"{seed}-bg.png"
+            Image.fromarray((scene.background_mask * 255).astype(np.uint8)).save(mask)
+            project.add_concept(image, f"<s{seed}-bg>", init="background", background=True, gt_mask=mask)
+    return root
+
+
+def two_object_seeds(n: int, start: int = 700_000) -> list[int]:
+    """Scenes of two objects of different shapes (seeds apart from the mask benchmark's)."""
+    from conceptforge.shapes.world import sample_scene
+
+    seeds, s = [], start
+    while len(seeds) < n:
+        shapes = [o.shape for o in sample_scene(s).objects]
+        if len(shapes) == 2 and len(set(shapes)) == 2:
+            seeds.append(s)
+        s += 1
+    return seeds
+
+
+def multi_worker(device: str, images: int, settings: dict) -> dict:
+    """learn --masks em and --masks fixed on one project of `images` scenes."""
+    from conceptforge.engine.evaluate import iou_curves
+    from conceptforge.engine.learn import learn_project
+    from conceptforge.engine.runs import find_run
+
+    seeds = two_object_seeds(images)
+    out: dict = {"images": images, "concepts": 3 * images, "settings": settings}
+    tmp = Path(tempfile.mkdtemp())
+    for mode in ("em", "fixed"):
+        root = scene_project(tmp / mode, seeds)
+        t = time.perf_counter()
+        result = learn_project(root, {"masks": mode, "joint_steps": 0, "device": device, **settings}, resume=False)
+        wall = time.perf_counter() - t
+        curves = iou_curves(find_run(root / "runs", result["run"]))
+        out[mode] = {"wall_s": wall, **result["timing"], "e_steps": result["iterations"], "final_iou": curves["mean_final"]}
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. SD-1.5-configured
+
+
+def sd_pipeline(device: str):
+    """A StableDiffusionPipeline with SD 1.5's configuration and random weights (built in memory)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from conceptforge.shapes import model_path
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).to(device)
-    unet.requires_grad_(False)
-    params = []
-    if phase == "joint":
-        from peft import LoraConfig
+    tokenizer = CLIPTokenizer.from_pretrained(str(model_path()), subfolder="tokenizer", model_max_length=77)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **SD15_TEXT))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD15_VAE), text_encoder=text, tokenizer=tokenizer, unet=UNet2DConditionModel(**SD15_UNET),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
 
-        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        params = [p for n, p in unet.named_parameters() if "lora_" in n]
-        for p in params:
-            p.requires_grad_(True)
-    if checkpointing:
-        unet.train()
-        unet.enable_gradient_checkpointing()
-    ctx = torch.randn(1, 77, 768, device=device, requires_grad=True)  # the token rows' gradient path
-    if optimizer == "adamw8bit":
-        import bitsandbytes as bnb  # the row reports the error where it is missing
 
-        opt = bnb.optim.AdamW8bit(params + [ctx], lr=1e-4)
+def sd_project(root: Path) -> Path:
+    """A 512 px photo with two concepts (the bear photo when it is there, else a drawn scene)."""
+    import numpy as np
+    from PIL import Image
+
+    from conceptforge.project import Project
+
+    project = Project.create(root, model=str(root / "model"))  # the model is given in memory
+    image = root.parent / "photo.png"
+    if PHOTO.is_file():
+        with Image.open(PHOTO) as im:
+            im.convert("RGB").resize((512, 512)).save(image)
     else:
-        opt = torch.optim.AdamW(params + [ctx], lr=1e-4)
-    store = AttentionStore()
-    store.token_index = torch.tensor([[5, 7]])
-    z = torch.randn(1, 4, 64, 64, device=device)
-    mask = torch.ones(1, 1, 64, 64, device=device)
-    dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    times = []
-    for _ in range(2):
-        t = time.perf_counter()
-        store.reset()
-        with capture_cross_attention(unet, store, factor=4), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            pred = unet(z, torch.tensor([500], device=device), encoder_hidden_states=ctx).sample
-        loss = masked_diffusion_loss(pred, z, mask) + 0.01 * attention_loss(store.mean_maps(16, 16), torch.ones(1, 2, 16, 16, device=device))
-        with capture_cross_attention(unet, store, factor=4):  # checkpointing recomputes with capture, as in learn
-            loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return {"step_s": min(times), "peak_mb": peak_memory_mb(device)}
+        arr = np.full((512, 512, 3), 90, np.uint8)
+        arr[100:300, 80:260] = (200, 40, 40)
+        Image.fromarray(arr).save(image)
+    project.add_concept(image, "<a>", init="shape")
+    project.add_concept(image, "<b>", init="background", background=True)
+    return root
+
+
+def sd_worker(device: str, phase: str, checkpointing: bool, precision: str, optimizer: str = "adamw", estep: bool = False) -> dict:
+    """One Trainer.train_step (and optionally one E-step) with SD 1.5's configuration at 512 px."""
+    from conceptforge.engine.config import resolve_config
+    from conceptforge.engine.learn import build_trainer
+    from conceptforge.project import Project
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "p" / "model").mkdir(parents=True)
+    (tmp / "p" / "model" / "model_index.json").write_text("{}")  # the model is passed in memory
+    project = Project.load(sd_project(tmp / "p"))
+    settings = {"device": device, "gradient_checkpointing": checkpointing, "mixed_precision": precision, "optimizer": optimizer}
+    cfg = resolve_config(False, {}, settings)
+    trainer = build_trainer(project, cfg, pipeline=sd_pipeline(device))
+    att = trainer.model.att
+    import numpy as np
+
+    from conceptforge.engine.estep import EStepResult
+
+    size = trainer.model.size
+    half = np.zeros((size, size), bool)
+    half[:, : size // 2] = True
+    trainer.estep_result = EStepResult(0, {(0, "<a>"): half, (0, "<b>"): ~half}, {(0, "<a>"): np.ones((att, att), np.float32), (0, "<b>"): np.ones((att, att), np.float32)})
+    trainer.make_optimizer(phase)
+    times = [_timed(trainer.train_step) for _ in range(2)]
+    out = {"step_s": min(times), "peak_mb": peak_memory_mb(device)}
+    if estep:
+        trainer.estimator.cfg = cfg  # SD defaults: attention signal, a dedicated pass
+        out["estep_pass_s"] = _timed(trainer.run_estep)
+        trainer.estimator.cfg = cfg.model_copy(update={"attention_source": "harvest"})
+        trainer.train_step()  # something to harvest
+        trainer.estimator.cfg = trainer.estimator.cfg.model_copy(update={"mask_t_min": 0, "mask_t_max": 999})
+        out["estep_harvest_s"] = _timed(trainer.run_estep)
+        out["later_esteps"] = len(cfg.estep_steps())
+        out["em_steps"] = cfg.em_steps
+    return out
+
+
+# --------------------------------------------------------------------------- 4. threads beside a busy process
+
+
+def threads_worker() -> dict:
+    """`conceptforge learn` on the example: idle, and beside a busy process with
+    the chosen threads and with torch's default (every core, spinning waits)."""
+    exe = Path(sys.executable).with_name("conceptforge")
+    out = {}
+    for name, busy, env in (
+        ("alone, chosen threads", False, {}),
+        ("beside a busy process, chosen threads", True, {}),
+        ("beside a busy process, torch's default threads", True, {"CONCEPTFORGE_THREADS": str(os.cpu_count()), "OMP_WAIT_POLICY": "ACTIVE"}),
+    ):
+        work = Path(tempfile.mkdtemp()) / "p"
+        shutil.copytree(ROOT / "examples" / "shapes-duo", work)
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            time.sleep(1.0 if busy else 0.0)
+            full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CONCEPTFORGE_THREADS", "OMP_WAIT_POLICY")}
+            t = time.perf_counter()
+            subprocess.run([str(exe), "learn", str(work), "-q"], check=True, env={**full_env, **env}, capture_output=True)
+            out[name] = time.perf_counter() - t
+        finally:
+            if spinner is not None:
+                spinner.kill()
+    return out
+
+
+# --------------------------------------------------------------------------- driver
 
 
 def spawn(kind: str, **kwargs) -> dict:
@@ -150,61 +275,125 @@ def spawn(kind: str, **kwargs) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+WORKERS = {"builtin": builtin_worker, "multi": multi_worker, "sd": sd_worker, "threads": threads_worker}
+
+
+def example_rows(b: dict) -> list[str]:
+    return [
+        "| measure | value |", "|---|---:|",
+        f"| EM-phase step (token + Eq. 3 + Eq. 4) | {b['em_step_s']:.3f} s |",
+        f"| joint step (tokens + LoRA) | {b['joint_step_s']:.3f} s |",
+        f"| first E-step (all images, {b['init_mask_timesteps']} timesteps each; signal {b['init_mask_signal']}; DenseCRF included) | {b['first_estep_s']:.3f} s |",
+        f"| later E-step: signal (all images; {b['mask_signal']}) | {b['estep_unet_s']:.3f} s |",
+        f"| later E-step: the rest (DenseCRF, guards) | {b['estep_crf_s']:.3f} s |",
+        f"| peak memory | {b['peak_mb']:.0f} MB |",
+    ]
+
+
+def multi_rows(rows: list[dict]) -> list[str]:
+    lines = [
+        "| project | settings | EM-phase training | later E-steps | share of training time | first E-step per image | learn em / fixed (wall) | final IoU em / fixed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| | failed: {r['error']} | | | | | | |")
+            continue
+        em, fx = r["em"], r["fixed"]
+        step = em["em_seconds"] / max(1, em["em_steps_timed"])
+        share = em["estep_seconds"] / em["em_seconds"]
+        first = em["first_estep_seconds"] / r["images"] / step
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        lines.append(
+            f"| {r['images']} images, {r['concepts']} concepts | {settings} | {em['em_seconds']:.1f} s | {em['estep_seconds']:.1f} s ({em['e_steps'] - 1} E-steps) "
+            f"| +{share:.0%} | {first:.0f} training steps | {em['wall_s'] / fx['wall_s']:.2f}x | {em['final_iou']:.3f} / {fx['final_iou']:.3f} |"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--images", default="3,10", help="image counts of the several-image projects")
+    ap.add_argument("--set", action="append", default=[], help="a setting for the several-image rows (KEY=VALUE; repeatable); the defaults row is always run")
     ap.add_argument("--skip-sd", action="store_true")
+    ap.add_argument("--skip-threads", action="store_true")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
     args = ap.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
-        kind = spec.pop("kind")
-        result = builtin_worker(**spec) if kind == "builtin" else sd_worker(**spec)
-        print(json.dumps(result))
+        print(json.dumps(WORKERS[spec.pop("kind")](**spec)))
         return
     import torch
 
+    from conceptforge.engine.config import parse_set_option
+
+    record: dict = {"command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])}
     lines = [
         "# Speed and memory",
         "",
-        f"Produced by `python benchmarks/speed.py --device {args.device}{' --skip-sd' if args.skip_sd else ''}` "
-        f"on {args.device} ({torch.get_num_threads()} threads); each row in its own process.",
+        f"Produced by `{record['command']}` on {args.device} ({torch.get_num_threads()} threads"
+        f" in this process, workers with their defaults); each block in its own process.",
         "",
         "## Built-in model, example project (shapes-duo)",
         "",
     ]
     b = spawn("builtin", device=args.device, steps=args.steps)
-    if "error" in b:
-        lines.append(f"failed: {b['error']}")
-    else:
-        lines += [
-            "| measure | value |", "|---|---:|",
-            f"| EM-phase step (token + Eq. 3 + Eq. 4) | {b['em_step_s']:.3f} s |",
-            f"| joint step (tokens + LoRA) | {b['joint_step_s']:.3f} s |",
-            f"| first E-step, all of it (all images, {b['init_mask_timesteps']} timesteps each; signal {b['init_mask_signal']}) | {b['first_estep_s']:.3f} s |",
-            f"| E-step after the first: UNet passes (all images, mask_timesteps each; signal {b.get('mask_signal', 'attention')}) | {b['estep_unet_s']:.3f} s |",
-            f"| E-step: DenseCRF (all images) | {b['estep_crf_s']:.3f} s |",
-            f"| peak memory | {b['peak_mb']:.0f} MB |",
-        ]
+    record["example"] = b
+    lines += [f"failed: {b['error']}"] if "error" in b else example_rows(b)
+    print("\n".join(lines), flush=True)
+
+    lines += ["", "## EM on projects of several images (built-in model, 200 EM steps, no joint phase; em and fixed in one process)", ""]
+    variants = [{}] + ([parse_set_option(args.set)] if args.set else [])
+    multi = [spawn("multi", device=args.device, images=int(n), settings=v) for v in variants for n in args.images.split(",") if n]
+    record["multi"] = multi
+    lines += multi_rows(multi)
+    print("\n".join(lines[-len(multi) - 2 :]), flush=True)
+
     if not args.skip_sd:
-        lines += ["", "## SD-1.5-configured UNet (random weights), 512 px (64x64 latents), batch 1, one step", "",
+        lines += ["", "## SD-1.5-configured pipeline (random weights), 512 px, batch 1: `Trainer.train_step` and the E-step", "",
                   "| phase | gradient checkpointing | mixed precision | optimizer | s/step | peak memory |", "|---|---|---|---|---:|---:|"]
         configs = [
-            ("em", False, "no", "adamw"), ("joint", False, "no", "adamw"), ("joint", True, "no", "adamw"),
-            ("joint", False, "bf16", "adamw"), ("joint", True, "bf16", "adamw"), ("joint", True, "bf16", "adamw8bit"),
+            ("em", False, "no", "adamw", True), ("joint", False, "no", "adamw", False), ("joint", True, "no", "adamw", False),
+            ("joint", False, "bf16", "adamw", False), ("joint", True, "bf16", "adamw", False), ("joint", True, "bf16", "adamw8bit", False),
         ]
-        if args.device == "cuda":  # CPUs have no fast fp16 kernels: one step ran for over 8 minutes
-            configs.append(("joint", True, "fp16", "adamw"))
-        for phase, ckpt, prec, optimizer in configs:
-            r = spawn("sd", device=args.device, phase=phase, checkpointing=ckpt, precision=prec, optimizer=optimizer)
+        if args.device == "cuda":  # CPUs have no fast fp16 kernels
+            configs.append(("joint", True, "fp16", "adamw", False))
+        record["sd"] = []
+        estep_row = None
+        for phase, ckpt, prec, optimizer, estep in configs:
+            r = spawn("sd", device=args.device, phase=phase, checkpointing=ckpt, precision=prec, optimizer=optimizer, estep=estep)
+            record["sd"].append({"phase": phase, "checkpointing": ckpt, "precision": prec, "optimizer": optimizer, **r})
             name = "tokens only" if phase == "em" else "tokens + LoRA"
             head = f"| {name} | {'yes' if ckpt else 'no'} | {prec} | {optimizer} |"
             lines.append(f"{head} failed: {r['error']} | |" if "error" in r else f"{head} {r['step_s']:.2f} | {r['peak_mb']:.0f} MB |")
+            if estep and "error" not in r:
+                estep_row = r
             print(lines[-1], flush=True)
+        if estep_row:
+            r = estep_row
+            em_time = r["em_steps"] * r["step_s"]
+            for label, key in (("dedicated attention pass (SD default)", "estep_pass_s"), ("harvested attention", "estep_harvest_s")):
+                total = r["later_esteps"] * r[key]
+                lines.append(
+                    f"\nE-step with {label}: {r[key]:.2f} s; at the SD schedule ({r['later_esteps']} later E-steps in {r['em_steps']} steps"
+                    f" of {r['step_s']:.1f} s) {total:.0f} s, {total / (em_time + total):.1%} of the EM phase."
+                )
+    if not args.skip_threads:
+        t = spawn("threads")
+        record["threads"] = t
+        lines += ["", "## `conceptforge learn` on the example project beside a busy process", ""]
+        if "error" in t:
+            lines.append(f"failed: {t['error']}")
+        else:
+            alone = t["alone, chosen threads"]
+            lines += ["| run | wall | ratio to alone |", "|---|---:|---:|"]
+            lines += [f"| {k} | {v:.1f} s | {v / alone:.2f}x |" for k, v in t.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
 
 

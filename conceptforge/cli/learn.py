@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import ConceptforgeError
-from .common import JsonOut, Quiet, console, debug_enabled, err_console, handle_errors, print_json
+from .common import JsonOut, Quiet, console, debug_enabled, err_console, first_line, handle_errors, print_json
 
 
 @handle_errors
@@ -29,6 +29,7 @@ def learn_command(
     optimizer: Annotated[str | None, typer.Option("--optimizer", metavar="NAME", help="adamw or adamw8bit (needs bitsandbytes).", show_default="adamw")] = None,
     crf: Annotated[bool | None, typer.Option("--crf/--no-crf", help="Refine masks with DenseCRF.", show_default="on")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any setting of conceptforge.yaml for this run (repeatable), e.g. --set token_lr=1e-3.", show_default=False)] = None,
+    report_page: Annotated[bool, typer.Option("--report/--no-report", help="Rewrite runs/<id>/report.html after every E-step.", show_default="report")] = True,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume an unfinished run with the same settings, or start a new run.", show_default="resume")] = True,
     json_out: JsonOut = False,
     quiet: Quiet = False,
@@ -51,7 +52,7 @@ def learn_command(
     for directory in directories:
         try:
             with _display(quiet or json_out, str(directory)) as display:
-                result = learn_project(directory, overrides, resume=resume, on_event=display.on_event)
+                result = learn_project(directory, overrides, resume=resume, on_event=display.on_event, report=report_page)
             results.append({"project": str(directory), "ok": True, "run": result["run"], "exported": result["exported"]})
             if report and not json_out:
                 _print_result(result, quiet)
@@ -59,7 +60,7 @@ def learn_command(
             if (len(directories) == 1 and not json_out) or debug_enabled():
                 raise  # one project: the usual one-line error from handle_errors
             code = exc.exit_code if isinstance(exc, ConceptforgeError) else 1
-            message = str(exc) if isinstance(exc, ConceptforgeError) else f"{type(exc).__name__}: {exc}"
+            message = str(exc) if isinstance(exc, ConceptforgeError) else f"learning failed unexpectedly: {first_line(exc)}"
             results.append({"project": str(directory), "ok": False, "error": message, "exit_code": code})
             if report:
                 err_console.print(f"[bold red]error:[/] {escape(str(directory))}: {escape(message)}", highlight=False)
@@ -139,6 +140,11 @@ class _PlainLog(_Display):
         kind, d = event.kind, event.data
         if kind == "warning":
             self._line(f"warning: {d['message']}")
+        elif kind == "started":
+            settings = ", ".join(f"{k}={v}" for k, v in d["settings"].items()) or "the model's defaults"
+            self._line(f"{'resuming' if d['resumed'] else 'started'} run {d['run']} with {settings}")
+            if d.get("report"):
+                self._line(f"report (refresh to follow the run): {d['report']}")
         elif kind == "resumed":
             self._line(f"resumed run {d.get('run', '')} at {event.phase} step {event.step} of {event.total}")
         elif kind == "phase":
@@ -194,6 +200,11 @@ class _Progress(_Display):
             self.task = self.progress.add_task(desc, total=event.total, completed=event.step, losses="")
         elif event.kind == "warning":
             self.progress.console.print(f"[yellow]warning:[/] {escape(event.data['message'])}", highlight=False)
+        elif event.kind == "started":
+            d = event.data
+            self.progress.console.print(f"{'Resuming' if d['resumed'] else 'Started'} run {escape(d['run'])}", highlight=False)
+            if d.get("report"):
+                self.progress.console.print(f"Report (refresh to follow the run): {escape(d['report'])}", highlight=False)
         elif event.kind == "step" and self.task is not None:
             d = event.data
             text = f"loss {d['loss']:.4f} (diff {d['diffusion']:.4f} attn {d['attention']:.3f})"

@@ -10,7 +10,6 @@ import torch
 
 from ..errors import InputError
 from .attention import AttentionStore, capture_factor, install_capture
-from .backbone import ModelSource, load_pipeline
 from .config import LearnConfig
 from .tokens import ConceptRows, add_concept_tokens
 
@@ -59,11 +58,10 @@ class ModelBundle:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-def load_bundle(source: ModelSource, tokens: list[str], inits: dict[str, str | None], cfg: LearnConfig, device: torch.device) -> ModelBundle:
-    """Load the model, add the concept tokens and check the settings against it."""
+def bundle_from_pipeline(pipe, is_builtin: bool, tokens: list[str], inits: dict[str, str | None], cfg: LearnConfig, device: torch.device) -> ModelBundle:
+    """A loaded StableDiffusionPipeline's parts, prepared for learning `tokens`."""
     from diffusers import DDPMScheduler
 
-    pipe = load_pipeline(source)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     check_model_settings(scheduler.config, cfg)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
@@ -84,7 +82,7 @@ def load_bundle(source: ModelSource, tokens: list[str], inits: dict[str, str | N
         text_encoder.gradient_checkpointing_enable()
     return ModelBundle(
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler, device=device,
-        is_builtin=source.is_builtin, tokens=list(tokens), token_ids=dict(zip(tokens, ids)), rows=rows,
+        is_builtin=is_builtin, tokens=list(tokens), token_ids=dict(zip(tokens, ids)), rows=rows,
         size=size, latent=latent, att=latent // factor, store=store, precision=cfg.mixed_precision,
     )
 

@@ -7,9 +7,9 @@ an `InputError` naming the setting, the value and what it must be.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from ..errors import InputError
 
@@ -20,7 +20,7 @@ Finetune = Literal["lora", "full", "none"]
 Precision = Literal["no", "fp16", "bf16"]
 Augment = Literal["none", "flip", "full"]
 Optimizer = Literal["adamw", "adamw8bit"]
-Device = Literal["auto", "cpu", "cuda", "mps"]
+Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
 Objective = Literal["reference", "area"]
 AttentionSource = Literal["pass", "harvest"]
 

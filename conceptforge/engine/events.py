@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-EVENT_KINDS = ("warning", "resumed", "phase", "step", "estep", "checkpoint", "done")
+EVENT_KINDS = ("warning", "started", "resumed", "phase", "step", "estep", "checkpoint", "done")
 
 
 @dataclass

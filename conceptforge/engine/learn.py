@@ -48,8 +48,10 @@ def learn_project(
     overrides: dict[str, Any],
     resume: bool = True,
     on_event: Callable[[Event], None] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the method on a project; return a summary."""
+    """Run (or resume) the method on a project; return a summary.  With
+    `report`, runs/<id>/report.html is rewritten after every E-step."""
     par = Parallel.from_env()
     project = Project.load(root)
     if not project.concepts():
@@ -60,13 +62,15 @@ def learn_project(
     explicit = {k: getattr(requested, k) for k in {**project.settings, **{k: v for k, v in overrides.items() if v is not None}}}
     with contextlib.ExitStack() as held:
         run, config, resumed = _pick_run(project, requested, explicit, resume, par, held)
-        return _learn(project, run, config, resumed, par, on_event)
+        return _learn(project, run, config, resumed, par, on_event, report)
 
 
-def build_trainer(project: Project, config: LearnConfig, parallel: Parallel | None = None, events: EventBus | None = None):
-    """Load the model and the project's images and return a Trainer for them
-    (nothing is written: subscribe a RunWriter to `events` for that)."""
-    from .bundle import load_bundle
+def build_trainer(project: Project, config: LearnConfig, parallel: Parallel | None = None, events: EventBus | None = None, pipeline=None):
+    """Load the model (or take a loaded `pipeline`) and the project's images and
+    return a Trainer for them (nothing is written: subscribe a RunWriter to
+    `events` for that)."""
+    from .backbone import load_pipeline
+    from .bundle import bundle_from_pipeline
     from .data import prepare_images
     from .estep import MaskEstimator
     from .trainer import Trainer
@@ -75,15 +79,16 @@ def build_trainer(project: Project, config: LearnConfig, parallel: Parallel | No
     source = resolve_source(project.model, project.model_config, base=project.root)
     device = par.device(pick_device(config.device))
     tokens = project.tokens()
-    model = load_bundle(source, tokens, {t: project.concept_init(t) for t in tokens}, config, device)
+    pipe = pipeline if pipeline is not None else load_pipeline(source)
+    model = bundle_from_pipeline(pipe, source.is_builtin, tokens, {t: project.concept_init(t) for t in tokens}, config, device)
     images = prepare_images(project, model)
     return Trainer(model, images, config, MaskEstimator(model, images, config, par), par, events)
 
 
-def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, par: Parallel, on_event) -> dict[str, Any]:
+def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, par: Parallel, on_event, report: bool) -> dict[str, Any]:
     from .checkpoint import load_checkpoint
     from .export import export_concepts
-    from .run_writer import RunWriter
+    from .run_writer import LiveReport, RunWriter
 
     events = EventBus(on_event)
     trainer = None
@@ -95,6 +100,11 @@ def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, pa
         model = trainer.model
         if par.is_main:
             events.subscribe(RunWriter(run, trainer.images, [project.image_path(e) for e in project.images]))
+            live = LiveReport(project.root, run, lambda m: events(Event("warning", data={"message": m}))) if report else None
+            if live:
+                events.subscribe(live)
+            changed = {k: v for k, v in config.to_dict().items() if v != DEFAULTS[k][0 if not model_is_builtin(project) else 1]}
+            events(Event("started", data={"run": run.id, "resumed": resumed, "report": str(live.path) if live else None, "settings": changed}))
         ckpt = load_checkpoint(run.checkpoints_dir) if resumed else None
         if ckpt is not None:
             trainer.restore(ckpt)
@@ -106,6 +116,8 @@ def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, pa
                 run.clear_metrics()  # a run restarted before its first checkpoint
             trainer.start()
         summary = trainer.run()
+        if par.is_main:
+            run.set_state(timing=trainer.timing)
         paths: list[Path] = []
         if par.is_main:
             finetune = config.finetune if config.joint_steps > 0 else "none"
@@ -120,6 +132,10 @@ def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, pa
     return result
 
 
+def model_is_builtin(project: Project) -> bool:
+    return resolve_source(project.model, project.model_config, base=project.root).is_builtin
+
+
 def _after_failure(run: RunDir, par: Parallel, exc: BaseException, resumed: bool, started: bool) -> None:
     """Mark the run failed or interrupted; a new run that never finished its first E-step is removed."""
     if not par.is_main:
@@ -132,7 +148,8 @@ def _after_failure(run: RunDir, par: Parallel, exc: BaseException, resumed: bool
     elif isinstance(exc, ConceptforgeError):
         run.set_state(status="failed", error=str(exc))
     else:
-        run.set_state(status="failed", error=f"{type(exc).__name__}: {exc}")
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        run.set_state(status="failed", error=f"Learning failed unexpectedly: {detail}")
 
 
 def _warnings(config: LearnConfig, device) -> list[str]:

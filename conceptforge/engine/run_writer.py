@@ -31,6 +31,9 @@ class RunWriter:
             append_jsonl(self.run.metrics_path, event.data)
         elif event.kind == "checkpoint":
             save_checkpoint(self.run.checkpoints_dir, event.payload)
+            if event.data.get("timing"):
+                self.run.set_state(timing=event.data["timing"])
+
 
     def write_masks(self, result: EStepResult) -> None:
         """masks/iter_NNNN/<image>/<token>.png, <token>_attn.png and overlay.png at the image's own size."""
@@ -47,3 +50,29 @@ class RunWriter:
                 mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
             picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
             atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+
+
+class LiveReport:
+    """Rewrites runs/<id>/report.html after every E-step (and at the end), so a
+    browser showing it can be refreshed while the run goes on."""
+
+    def __init__(self, project_root: Path, run: RunDir, warn) -> None:
+        self.project_root = project_root
+        self.run = run
+        self.warn = warn
+        self.failed = False
+
+    @property
+    def path(self) -> Path:
+        return self.run.path / "report.html"
+
+    def __call__(self, event: Event) -> None:
+        if event.kind not in ("estep", "done") or self.failed:
+            return
+        from .report_html import write_report
+
+        try:
+            write_report(self.project_root, self.run.path, self.path)
+        except Exception as exc:  # noqa: BLE001 - a report must never stop learning
+            self.failed = True
+            self.warn(f"The live report could not be written ({type(exc).__name__}: {exc}); learning goes on.")

@@ -58,7 +58,9 @@ class Trainer:
         self.weights: list[torch.nn.Parameter] = []
         self.opt: torch.optim.Optimizer | None = None
         self.scaler = torch.amp.GradScaler(model.device.type, enabled=cfg.mixed_precision == "fp16")
-        self.timing: dict[str, float] = {"em_seconds": 0.0, "estep_seconds": 0.0, "joint_seconds": 0.0, "em_steps_timed": 0, "joint_steps_timed": 0}
+        self.timing: dict[str, float] = {
+            "first_estep_seconds": 0.0, "em_seconds": 0.0, "estep_seconds": 0.0, "joint_seconds": 0.0, "em_steps_timed": 0, "joint_steps_timed": 0,
+        }
 
     # -- masks ---------------------------------------------------------------------
     @property
@@ -78,8 +80,7 @@ class Trainer:
         started = time.perf_counter()
         result = self.estimator.estimate(self.iteration + 1, self.estep_result)
         self.estep_result = result
-        if result.iteration > 0:
-            self.timing["estep_seconds"] += time.perf_counter() - started
+        self.timing["estep_seconds" if result.iteration > 0 else "first_estep_seconds"] += time.perf_counter() - started
         rec = {"kind": "estep", "phase": "em", "step": self.step, "iteration": result.iteration, "converged": result.converged, "masks": result.records}
         self.emit(Event("estep", "em", self.step, self.cfg.em_steps, rec, payload=result))
         return result
@@ -238,7 +239,7 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == total:
                 self.check_parameters(f"the checkpoint at step {self.step}")
                 state = self.state_dict()  # every process: it gathers their random states
-                self.emit(Event("checkpoint", phase, self.step, total, payload=state))
+                self.emit(Event("checkpoint", phase, self.step, total, {"timing": dict(self.timing)}, payload=state))
                 self.last_checkpoint = (phase, self.step)
 
     def _textual_inversion(self, steps: int) -> None:
