@@ -175,3 +175,19 @@ def test_second_learn_refuses_while_locked(tmp_path, tiny_model, scene_files):
     assert r.exit_code == 2 and "Another learn is running" in r.output
     lock.write_text("999999")  # a dead process: a stale lock is taken over
     assert cf("learn", proj, "--em-steps", "1", "--joint-steps", "0", "-q").exit_code == 0
+
+
+def test_skip_finished_leaves_learned_projects(tmp_path, tiny_model, scene_files):
+    done = make_project(tmp_path / "done", tiny_model, scene_files)
+    todo = make_project(tmp_path / "todo", tiny_model, scene_files)
+    assert cf("learn", done, "--em-steps", "1", "--joint-steps", "0", "-q").exit_code == 0
+    before = tree_digest(done)
+    r = cf("learn", done, todo, "--em-steps", "1", "--joint-steps", "0", "--skip-finished", "--json")
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert [line["skipped"] for line in lines] == [True, False]
+    assert tree_digest(done) == before and len(_runs(todo)) == 1
+    # a concept added since: learned again
+    assert cf("add-concept", done, scene_files["b"], "--token", "<v4>", "--init", "dog").exit_code == 0
+    r = cf("learn", done, "--em-steps", "1", "--joint-steps", "0", "--skip-finished", "--json")
+    assert json.loads(r.output.splitlines()[-1])["skipped"] is False and len(_runs(done)) == 2

@@ -29,6 +29,7 @@ def learn_command(
     optimizer: Annotated[str | None, typer.Option("--optimizer", metavar="NAME", help="adamw or adamw8bit (needs bitsandbytes).", show_default="adamw")] = None,
     crf: Annotated[bool | None, typer.Option("--crf/--no-crf", help="Refine masks with DenseCRF.", show_default="on")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any setting of conceptforge.yaml for this run (repeatable), e.g. --set token_lr=1e-3.", show_default=False)] = None,
+    skip_finished: Annotated[bool, typer.Option("--skip-finished", help="Leave projects whose concepts were already learned by a finished run (for re-running a batch).")] = False,
     report_page: Annotated[bool, typer.Option("--report/--no-report", help="Rewrite runs/<id>/report.html after every E-step.", show_default="report")] = True,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume an unfinished run with the same settings, or start a new run.", show_default="resume")] = True,
     json_out: JsonOut = False,
@@ -52,8 +53,8 @@ def learn_command(
     for directory in directories:
         try:
             with _display(quiet or json_out, str(directory)) as display:
-                result = learn_project(directory, overrides, resume=resume, on_event=display.on_event, report=report_page)
-            results.append({"project": str(directory), "ok": True, "run": result["run"], "exported": result["exported"]})
+                result = learn_project(directory, overrides, resume=resume, on_event=display.on_event, report=report_page, skip_finished=skip_finished)
+            results.append({"project": str(directory), "ok": True, "run": result["run"], "exported": result["exported"], "skipped": bool(result.get("skipped"))})
             if report and not json_out:
                 _print_result(result, quiet)
         except Exception as exc:  # noqa: BLE001 - one project's failure must not stop the others
@@ -77,6 +78,9 @@ def _print_result(result: dict[str, Any], quiet: bool) -> None:
     if quiet:
         console.print(result["run"], markup=False, highlight=False)
         return
+    if result.get("skipped"):
+        console.print(f"{escape(result['project'])}: already learned by the finished run {escape(result['run'])}; skipped.")
+        return
     console.print(f"Run [bold]{escape(result['run'])}[/] finished after {result['iterations']} E-step(s); exported:")
     for path in result["exported"]:
         console.print(f"  {path}", markup=False, highlight=False)
@@ -90,7 +94,8 @@ def _summary(results: list[dict[str, Any]]) -> None:
     table.add_column("result")
     table.add_column("run / error")
     for r in results:
-        table.add_row(escape(r["project"]), "[green]ok[/]" if r["ok"] else "[red]failed[/]", escape(r.get("run") or r.get("error", "")))
+        status = "[red]failed[/]" if not r["ok"] else ("skipped" if r.get("skipped") else "[green]ok[/]")
+        table.add_row(escape(r["project"]), status, escape(r.get("run") or r.get("error", "")))
     console.print(table)
 
 

@@ -35,6 +35,23 @@ def unfinished_run(project: Project) -> RunDir | None:
     return runs[-1] if runs else None
 
 
+def finished_run(project: Project) -> RunDir | None:
+    """The finished run whose concepts are exported and are the project's current ones."""
+    import json
+
+    from .export import INDEX_FILE
+
+    try:
+        index = json.loads((project.concepts_dir / INDEX_FILE).read_text())
+        run = RunDir(project.runs_dir / str(index["run"]))
+        saved = yaml.safe_load(run.config_path.read_text())
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    if not run.finished or not isinstance(saved, dict) or saved.get("concepts") != concept_signature(project):
+        return None
+    return run
+
+
 def concept_signature(project: Project) -> list[dict[str, Any]]:
     """What a run learns: each image (by content) and its concepts."""
     return [
@@ -49,14 +66,20 @@ def learn_project(
     resume: bool = True,
     on_event: Callable[[Event], None] | None = None,
     report: bool = True,
+    skip_finished: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the method on a project; return a summary.  With
-    `report`, runs/<id>/report.html is rewritten after every E-step."""
+    `report`, runs/<id>/report.html is rewritten after every E-step; with
+    `skip_finished`, a project whose exported concepts come from a finished run
+    of its current concepts is left as it is."""
     par = Parallel.from_env()
     project = Project.load(root)
     if not project.concepts():
         raise InputError(f"The project {root} has no concepts; add one with `conceptforge add-concept`.")
     project.check_files()
+    done = finished_run(project) if skip_finished else None
+    if done is not None:
+        return {"run": done.id, "project": str(root), "skipped": True, "exported": [], "iterations": None}
     source = resolve_source(project.model, project.model_config, base=project.root)
     requested = resolve_config(source.is_builtin, project.settings, overrides)
     explicit = {k: getattr(requested, k) for k in {**project.settings, **{k: v for k, v in overrides.items() if v is not None}}}
