@@ -37,7 +37,6 @@ def masks_command(
     from ..engine.outputs import check_image_output, check_outside_project_data
     from ..engine.report import masks_report
     from ..engine.runs import find_run
-    from ..errors import InputError
     from ..project import Project
 
     if sheet is not None:

@@ -102,8 +102,6 @@ class ConceptIdentity:
 def builtin_identities(project: Project, run: RunDir) -> list[ConceptIdentity]:
     """Read each concept's colours/shape off its image with the recogniser,
     using its GT mask (or the run's final mask) to pick the object."""
-    from PIL import Image
-
     from ..shapes.recognise import recognise
 
     last = run.iterations()[-1] if run.iterations() else None

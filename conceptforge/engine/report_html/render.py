@@ -142,7 +142,7 @@ def _masks(view: RunView, findings: list[Finding], pics: Pictures) -> str:
         f'<span class="changed-key"></span> the mask changed a lot (IoU with the previous E-step &lt; {CHANGE_IOU}).</p>'
     )
     if not view.records:
-        return f'<h2 id="masks">Masks</h2><div class="panel">No E-step yet.</div>'
+        return '<h2 id="masks">Masks</h2><div class="panel">No E-step yet.</div>'
     blocks = "".join(_image_block(view, block, findings, pics) for block in view.images if block.rows)
     return f'<h2 id="masks">Masks</h2>{legend}{blocks}'
 
