@@ -35,6 +35,14 @@ def _kill_at(monkeypatch, n: int) -> None:
     monkeypatch.setattr(trainer.Trainer, "train_step", dying)
 
 
+def _interrupted(proj, monkeypatch, n: int, settings: dict) -> None:
+    """A learn of `proj` killed at its n-th training step."""
+    _kill_at(monkeypatch, n)
+    with pytest.raises(KeyboardInterrupt):
+        learn_project(proj, settings)
+    monkeypatch.undo()
+
+
 def test_killed_run_resumes_from_checkpoint(tmp_path, tiny_model, scene_files, monkeypatch):
     proj = make_project(tmp_path, tiny_model, scene_files)
     _kill_at(monkeypatch, 6)  # a kill between checkpoints 4 and 6
@@ -58,10 +66,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_model, scene_fil
     whole = make_project(tmp_path / "whole", tiny_model, scene_files)
     learn_project(whole, settings)
     cut = make_project(tmp_path / "cut", tiny_model, scene_files)
-    _kill_at(monkeypatch, 11)  # in the joint phase, after its checkpoint at joint step 2
-    with pytest.raises(KeyboardInterrupt):
-        learn_project(cut, settings)
-    monkeypatch.undo()
+    _interrupted(cut, monkeypatch, 11, settings)  # in the joint phase, after its checkpoint at joint step 2
     learn_project(cut, settings)
     tokens_and_lora = {k: v for k, v in tree_digest(whole / "concepts").items() if k.endswith(".safetensors")}
     assert len(tokens_and_lora) == 4  # three tokens and the LoRA, bit for bit
@@ -70,10 +75,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_model, scene_fil
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_model, scene_files, monkeypatch):
     proj = make_project(tmp_path, tiny_model, scene_files)
-    _kill_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        learn_project(proj, {"em_steps": 8, "joint_steps": 0})
-    monkeypatch.undo()
+    _interrupted(proj, monkeypatch, 3, {"em_steps": 8, "joint_steps": 0})
     before = tree_digest(proj)
     r = cf("learn", proj, "--em-steps", "8", "--joint-steps", "0", "--masks", "fixed")
     assert r.exit_code == 2, r.output
@@ -95,10 +97,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_model, scene_files
 
 def test_concept_added_after_a_kill_is_refused_not_a_crash(tmp_path, tiny_model, scene_files, monkeypatch):
     proj = make_project(tmp_path, tiny_model, scene_files)
-    _kill_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        learn_project(proj, {"em_steps": 8, "joint_steps": 0})
-    monkeypatch.undo()
+    _interrupted(proj, monkeypatch, 5, {"em_steps": 8, "joint_steps": 0})
     assert cf("add-concept", proj, scene_files["b"], "--token", "<v4>", "--init", "dog").exit_code == 0
     r = cf("learn", proj, "--em-steps", "8", "--joint-steps", "0")
     assert r.exit_code == 2 and "concepts or images changed" in r.output and "--no-resume" in r.output
