@@ -86,12 +86,12 @@ def test_init_reference_measures_what_learning_added(tmp_path):
     data, prompts = learner.images[0], learner.prompts
     with torch.no_grad():
         untrained, _ = prompts.encode(data.tokens, data.background)
-        assert torch.allclose(prompts.reference(data, 0, use_init=True), untrained)  # a token still at its init word gains nothing
+        assert torch.allclose(prompts.reference(data, 0, use_init=True).hidden, untrained.hidden)  # a token still at its init word gains nothing
         learner.model.rows.rows[0] += 0.05  # as if <o0> had learned
         learned, _ = prompts.encode(data.tokens, data.background)
-        reference = prompts.reference(data, 0, use_init=True)
-    assert reference.shape == learned.shape
-    assert torch.allclose(reference, untrained) and not torch.allclose(reference, learned)
+        reference = prompts.reference(data, 0, use_init=True).hidden
+    assert reference.shape == learned.hidden.shape
+    assert torch.allclose(reference, untrained.hidden) and not torch.allclose(reference, learned.hidden)
 
 
 def test_first_estep_error_signal_drops_each_concept(tmp_path):
@@ -101,7 +101,7 @@ def test_first_estep_error_signal_drops_each_concept(tmp_path):
     data, estimator = learner.images[0], learner.estimator
     with torch.no_grad():
         full, _ = learner.prompts.encode(data.tokens, data.background)
-        assert not torch.allclose(learner.prompts.reference(data, 0, use_init=False), full)
+        assert not torch.allclose(learner.prompts.reference(data, 0, use_init=False).hidden, full.hidden)
     dropped, _ = estimator.error_maps(0, 2, seed=0, use_init=False)
     assert (dropped.reshape(len(data.tokens), -1).max(axis=1) > 0).all()
     # iteration 0 reads the drop reference although error_reference is init

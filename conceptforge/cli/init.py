@@ -23,7 +23,7 @@ def init_command(
     quiet: Quiet = False,
 ) -> None:
     """Create a project folder."""
-    from ..engine.backbone import resolve_source
+    from ..engine.backbone import FAMILY_NAMES, resolve_source
     from ..project import Project
 
     Project.check_creatable(directory, force)
@@ -47,4 +47,5 @@ def init_command(
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"Initialised [bold]{escape(str(project.root))}[/] with model [cyan]{escape(spec)}[/].", soft_wrap=True)
+    family = FAMILY_NAMES[source.family]
+    console.print(f"Initialised [bold]{escape(str(project.root))}[/] with model [cyan]{escape(spec)}[/] ({family}).", soft_wrap=True)

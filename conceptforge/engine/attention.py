@@ -97,7 +97,13 @@ def _attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor, t
 
 
 def cross_attention_factors(unet) -> dict[str, int]:
-    """Map each cross-attention processor name to its downsampling factor."""
+    """Map each cross-attention processor name to its downsampling factor.
+
+    The factor follows from the block index alone, so blocks without
+    cross-attention need no special case: SDXL's first down block
+    (DownBlock2D) has none, its down blocks 1 and 2 sit at factors 2 and 4,
+    the mid block at 4, up blocks 0 and 1 at 4 and 2.
+    """
     n_blocks = len(unet.config.block_out_channels)
     factors: dict[str, int] = {}
     for name in unet.attn_processors:
@@ -114,7 +120,21 @@ def cross_attention_factors(unet) -> dict[str, int]:
 
 
 def capture_factor(unet, latent_size: int, resolution: int) -> int:
-    """The available downsampling factor whose map size is nearest `resolution`."""
+    """The available downsampling factor whose map size is nearest `resolution`
+    (the setting `attention_resolution`, 16 by default; ties go to the coarser maps).
+
+    SD 1.x/2.x at 512 px (latent 64): factors 1, 2, 4 give 64, 32, 16; the
+    default takes the 16x16 maps, 1/32 of the image side, as Break-a-Scene.
+    SDXL at 1024 px (latent 128) has cross-attention only at factors 2 and 4,
+    64x64 and 32x32 maps; the default 16 takes the 32x32 ones (factor 4: the
+    mid block, down block 2 and up block 0, 60 cross-attention layers of the
+    base model's 10-deep transformers), again 1/32 of the image side, the
+    level where SD's semantic 16x16 maps sit.  They are also the cheaper
+    ones to capture (1024 positions per layer instead of 4096) and match the
+    scale DenseCRF refines from on SD.  `attention_resolution: 64` takes
+    SDXL's 64x64 maps instead (10 layers, 2 deep).  At 512 px SDXL's factor 4
+    gives 16x16 maps.
+    """
     available = sorted(set(cross_attention_factors(unet).values()))
     if not available:
         raise ValueError("the UNet has no cross-attention layers")

@@ -14,6 +14,9 @@ from ..errors import ConceptforgeError, InputError
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-shapes",)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# model families: Stable Diffusion 1.x/2.x (one CLIP text encoder) and Stable Diffusion XL
+# (two text encoders, pooled text and size/crop conditioning)
+FAMILY_NAMES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL"}
 
 
 @dataclass
@@ -28,6 +31,56 @@ class ModelSource:
     @property
     def is_builtin(self) -> bool:
         return self.kind == "builtin"
+
+    @property
+    def family(self) -> str:
+        """"sd" (1.x/2.x) or "sdxl", read from the model's files without loading weights."""
+        return model_family(self)
+
+
+def model_family(source: ModelSource) -> str:
+    """The model family: "sdxl" when the pipeline index names an XL pipeline or a
+    second text encoder (a diffusers folder, a single file's config folder, a
+    cached or reachable hub id) or a single .safetensors file holds SDXL's second
+    text encoder (`conditioner.embedders.1`); "sd" otherwise."""
+    import json
+
+    if source.kind == "builtin":
+        return "sd"
+    index_file: Path | None = None
+    if source.kind == "folder":
+        index_file = source.path / "model_index.json"
+    elif source.kind == "single_file" and source.config is not None:
+        index_file = source.config / "model_index.json"
+    elif source.kind == "single_file":
+        return "sdxl" if _single_file_is_xl(source.path) else "sd"
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index_file = Path(hf_hub_download(source.spec, "model_index.json"))
+        except Exception:  # noqa: BLE001 - unknown until the pipeline loads; loading names the failure
+            return "sd"
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "sd"
+    if not isinstance(index, dict):
+        return "sd"
+    xl = "XL" in str(index.get("_class_name", "")) or bool(index.get("text_encoder_2"))
+    return "sdxl" if xl else "sd"
+
+
+def _single_file_is_xl(path: Path) -> bool:
+    if path.suffix.lower() != ".safetensors":
+        return False  # a pickled .ckpt is read only when the pipeline loads
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return any(k.startswith("conditioner.embedders.1.") for k in fh.keys())
+    except Exception:  # noqa: BLE001 - a damaged file: loading names the fault
+        return False
 
 
 def resolve_source(spec: str, config: str | None = None, base: Path | None = None) -> ModelSource:
@@ -112,26 +165,30 @@ def quiet_libraries() -> None:
 
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype = torch.float32):
-    """A StableDiffusionPipeline (no safety checker) from any supported source."""
-    from diffusers import StableDiffusionPipeline
+    """A StableDiffusionPipeline (no safety checker), or a StableDiffusionXLPipeline
+    for the SDXL family, from any supported source."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     check_hub_available(source)
     quiet_libraries()
-    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    if source.family == "sdxl":
+        pipeline_class, common = StableDiffusionXLPipeline, dict(dtype=dtype)
+    else:
+        pipeline_class, common = StableDiffusionPipeline, dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     label, hint = source.spec, ""
     try:
         if source.kind in ("builtin", "folder"):
-            pipe = StableDiffusionPipeline.from_pretrained(str(source.path), **common)
+            pipe = pipeline_class.from_pretrained(str(source.path), **common)
         elif source.kind == "single_file" and source.config is not None:
             # every config (and the tokenizer) from the local folder, every weight from the file; never the hub
             label = f"{source.spec} with the configs of {source.config}"
-            pipe = StableDiffusionPipeline.from_single_file(str(source.path), config=str(source.config), local_files_only=True, **common)
+            pipe = pipeline_class.from_single_file(str(source.path), config=str(source.config), local_files_only=True, **common)
         elif source.kind == "single_file":
             hint = " (--model-config DIR, a local diffusers folder of the same architecture, avoids the hub)"
-            pipe = StableDiffusionPipeline.from_single_file(str(source.path), **common)
+            pipe = pipeline_class.from_single_file(str(source.path), **common)
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(source.spec, **common)
+            pipe = pipeline_class.from_pretrained(source.spec, **common)
     except (ConnectionError, TimeoutError) as exc:
         raise ConceptforgeError(
             f"Could not load model {label}: the hub could not be reached ({first_line(exc)}); pass a local folder or file, "

@@ -1,10 +1,20 @@
 """The model as the learner uses it: the pipeline's parts on one device, the
-concept tokens added and trainable, and cross-attention capture installed."""
+concept tokens added and trainable, and cross-attention capture installed.
+
+Families: Stable Diffusion 1.x/2.x ("sd": one text encoder, the UNet reads its
+last hidden states) and Stable Diffusion XL ("sdxl": a concept learns a row in
+both text encoders; the UNet reads both encoders' penultimate hidden states
+side by side, plus the pooled text embedding of the second encoder's
+projection and the size/crop numbers, `added_cond_kwargs`, as the stock
+StableDiffusionXLPipeline passes them).  The differences live here and in
+`data.Prompts`; the trainer and the E-step pass on what `Prompts.encode` gives.
+"""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +46,30 @@ class ModelBundle:
     att: int  # attention map side
     store: AttentionStore
     precision: str = "no"
+    family: str = "sd"  # "sd" (1.x/2.x) or "sdxl"
+    tokenizer_2: object | None = None  # SDXL's second tokenizer and text encoder, and the concepts' rows in it
+    text_encoder_2: torch.nn.Module | None = None
+    rows_2: ConceptRows | None = None
+
+    @property
+    def concept_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable concept rows: one (K, D) parameter per text encoder."""
+        return [self.rows.rows] + ([self.rows_2.rows] if self.rows_2 is not None else [])
+
+    def concept_embeddings(self) -> dict[str, Any]:
+        """Token -> its learned row (SD), or {"clip_l": row, "clip_g": row} (SDXL:
+        the first and the second text encoder's, the keys of SDXL embedding files)."""
+        rows = self.rows.rows.detach()
+        if self.rows_2 is None:
+            return {t: rows[k] for k, t in enumerate(self.tokens)}
+        rows_2 = self.rows_2.rows.detach()
+        return {t: {"clip_l": rows[k], "clip_g": rows_2[k]} for k, t in enumerate(self.tokens)}
+
+    def time_ids(self) -> torch.Tensor:
+        """SDXL's size and crop conditioning of a training image, (1, 6): original
+        size, crop top-left, target size, as the stock pipeline builds it when it
+        draws a `size` x `size` image (the images are resized whole, never cropped)."""
+        return torch.tensor([[self.size, self.size, 0, 0, self.size, self.size]], dtype=torch.float32, device=self.device)
 
     @property
     def prediction_type(self) -> str:
@@ -65,11 +99,19 @@ def bundle_from_pipeline(pipe, is_builtin: bool, tokens: list[str], inits: dict[
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     check_model_settings(scheduler.config, cfg)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    for module in (text_encoder, unet, vae):
-        module.requires_grad_(False)
-        module.to(device)
+    tokenizer_2, text_encoder_2 = getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
+    family = "sdxl" if text_encoder_2 is not None else "sd"
+    for module in (text_encoder, text_encoder_2, unet, vae):
+        if module is not None:
+            module.requires_grad_(False)
+            module.to(device)
     ids = add_concept_tokens(tokenizer, text_encoder, tokens, inits, seed=cfg.seed)
     rows = ConceptRows(text_encoder, ids).to(device)
+    rows_2 = None
+    if family == "sdxl":
+        # each concept also learns a row of the second encoder, initialised from the init word there
+        ids_2 = add_concept_tokens(tokenizer_2, text_encoder_2, tokens, inits, seed=cfg.seed + 1)
+        rows_2 = ConceptRows(text_encoder_2, ids_2).to(device)
     size = cfg.image_size or unet.config.sample_size * pipe.vae_scale_factor
     latent = size // pipe.vae_scale_factor
     factor = capture_factor(unet, latent, cfg.attention_resolution)
@@ -80,10 +122,13 @@ def bundle_from_pipeline(pipe, is_builtin: bool, tokens: list[str], inits: dict[
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         text_encoder.gradient_checkpointing_enable()
+        if text_encoder_2 is not None:
+            text_encoder_2.gradient_checkpointing_enable()
     return ModelBundle(
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler, device=device,
         is_builtin=is_builtin, tokens=list(tokens), token_ids=dict(zip(tokens, ids)), rows=rows,
         size=size, latent=latent, att=latent // factor, store=store, precision=cfg.mixed_precision,
+        family=family, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2, rows_2=rows_2,
     )
 
 

@@ -23,7 +23,7 @@ from . import masks as mask_ops
 from .attention import normalize_minmax
 from .bundle import ModelBundle
 from .config import LearnConfig
-from .data import ImageData, Prompts
+from .data import Conditioning, ImageData, Prompts
 from .parallel import Parallel
 
 MaskKey = tuple[int, str]  # (image index, token)
@@ -175,7 +175,7 @@ class MaskEstimator:
     def attention_maps(self, image: int, n_timesteps: int, seed: int) -> np.ndarray:
         """Cross-attention of each concept token, averaged over random timesteps: (K, att, att)."""
         model, data = self.model, self.images[image]
-        ctx, positions = self.prompts.encode(data.tokens, data.background)
+        cond, positions = self.prompts.encode(data.tokens, data.background)
         gen = torch.Generator().manual_seed(seed)
         ts = self._timesteps(n_timesteps, gen)
         z = data.latents[False]
@@ -189,7 +189,7 @@ class MaskEstimator:
             model.store.reset()
             model.store.token_index = positions.expand(b, -1)
             with model.autocast():
-                model.unet(zt, t, encoder_hidden_states=ctx.expand(b, -1, -1))
+                model.unet(zt, t, **cond.expand(b).unet_kwargs())
             total += model.store.mean_maps(model.att, model.att).float().sum(dim=0).cpu()
         model.store.token_index = None
         return (total / n_timesteps).numpy()
@@ -206,9 +206,9 @@ class MaskEstimator:
         diffusion loss per pixel, not the paper's Eq. 3 itself.)
         """
         model, data = self.model, self.images[image]
-        ctx_all, positions = self.prompts.encode(data.tokens, data.background)
-        ctx = torch.cat([ctx_all] + [self.prompts.reference(data, k, use_init) for k in range(len(data.tokens))])
-        n = ctx.shape[0]
+        cond_all, positions = self.prompts.encode(data.tokens, data.background)
+        cond = Conditioning.cat([cond_all] + [self.prompts.reference(data, k, use_init) for k in range(len(data.tokens))])
+        n = cond.hidden.shape[0]
         gen = torch.Generator().manual_seed(seed)
         z = data.latents[False]
         draws = [(self._timesteps(1, gen), torch.randn(z.shape, generator=gen)) for _ in range(n_timesteps)]
@@ -225,7 +225,7 @@ class MaskEstimator:
             model.store.token_index = positions.expand(n * len(chunk), -1)  # rows of the reference prompts are read but not used
             with model.autocast():
                 pred = model.unet(
-                    zt.repeat_interleave(n, dim=0), t.repeat_interleave(n), encoder_hidden_states=ctx.repeat(len(chunk), 1, 1)
+                    zt.repeat_interleave(n, dim=0), t.repeat_interleave(n), **cond.repeat(len(chunk)).unet_kwargs()
                 ).sample
             maps = model.store.mean_maps(model.att, model.att).float().cpu()
             attention += maps[::n].sum(dim=0)  # the full prompt of each timestep

@@ -18,9 +18,9 @@ INDEX_FILE = "concepts.json"
 def export_concepts(out_dir: Path, embeddings: dict[str, torch.Tensor], unet, finetune: str, model: str, run_id: str) -> list[Path]:
     """Write DIR/concepts/: <name>.safetensors per token, LoRA or UNet (`finetune`), and an index."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = save_concept_files(out_dir, {t: v.detach().float().cpu() for t, v in embeddings.items()})
+    paths = save_concept_files(out_dir, {t: _to_cpu(v) for t, v in embeddings.items()})
     if finetune == "lora":
-        paths.append(save_lora(out_dir, unet))
+        paths.append(save_lora(out_dir, unet, xl=isinstance(next(iter(embeddings.values()), None), dict)))
     elif finetune == "full":
         unet.save_pretrained(str(out_dir / "unet"))
         paths.append(out_dir / "unet")
@@ -29,13 +29,22 @@ def export_concepts(out_dir: Path, embeddings: dict[str, torch.Tensor], unet, fi
     return paths
 
 
-def save_lora(out_dir: Path, unet) -> Path:
-    from diffusers import StableDiffusionPipeline
+def _to_cpu(vec):
+    """A learned row (or an SDXL concept's {"clip_l", "clip_g"} rows) as float on the CPU."""
+    if isinstance(vec, dict):
+        return {k: v.detach().float().cpu() for k, v in vec.items()}
+    return vec.detach().float().cpu()
+
+
+def save_lora(out_dir: Path, unet, xl: bool = False) -> Path:
+    """The UNet's LoRA as the stock pipeline saves it (StableDiffusionXLPipeline's for `xl`)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(save_directory=str(out_dir), unet_lora_layers=layers, safe_serialization=True)
+    pipeline_class = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    pipeline_class.save_lora_weights(save_directory=str(out_dir), unet_lora_layers=layers, safe_serialization=True)
     return out_dir / LORA_FILE
 
 

@@ -16,7 +16,7 @@ from .backbone import ModelSource, first_line, load_pipeline, pick_device
 from .export import LORA_FILE, read_index
 from .outputs import check_output_dir
 from .prompts import prompt_tokens
-from .tokens import check_embedding, install_concepts, load_concept_files
+from .tokens import install_pipeline_concepts, load_concept_files
 
 
 MAX_SEED = 2**63 - 1
@@ -98,11 +98,8 @@ def load_concept_pipeline(source: ModelSource, concepts_dir: Path, device: torch
         raise InputError(f"The LoRA file {lora} is missing (concepts.json says the concepts were learned with one); run `conceptforge learn` again.")
     if index["finetune"] == "full" and not unet_dir.is_dir():
         raise InputError(f"The fine-tuned UNet folder {unet_dir} is missing (concepts.json says the model was fine-tuned); run `conceptforge learn` again.")
-    pipe = load_pipeline(source)
-    width = pipe.text_encoder.get_input_embeddings().embedding_dim
-    for token, vec in embeddings.items():
-        check_embedding(token, vec, files[token], width)
-    install_concepts(pipe.tokenizer, pipe.text_encoder, embeddings)
+    pipe = load_pipeline(source)  # StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL
+    install_pipeline_concepts(pipe, embeddings, files)
     if index["finetune"] == "lora":
         _check_finite_lora(lora)
         try:

@@ -9,7 +9,9 @@ Formats (`export_project(project, fmt, out)`):
   ``{"emb_params": tensor(1, dim)}`` -- the layout kohya-ss ``train_textual_inversion``
   writes; A1111 accepts any safetensors file with exactly one tensor and names the
   embedding after the file, so the prompt word is ``<name>`` without brackets --
-  and ``<project>_lora.safetensors`` with the LoRA in kohya-ss key names.
+  and ``<project>_lora.safetensors`` with the LoRA in kohya-ss key names.  SDXL
+  concepts are written as A1111 and ComfyUI read SDXL embeddings:
+  ``{"clip_l": tensor(1, 768), "clip_g": tensor(1, 1280)}`` per file.
 - ``kohya`` (kohya-ss sd-scripts): the a1111 files, plus ``images/`` (copies of
   the project's images, each with a caption ``<stem>.txt``: the training prompt
   naming the image's concept tokens) and ``masks/`` (one grayscale PNG per image,
@@ -39,7 +41,7 @@ from ..errors import ConceptforgeError, InputError
 from ..fsutil import atomic_write
 from .export import LORA_FILE, read_index
 from .outputs import check_output_dir, check_outside_project_data
-from .tokens import load_concept_files
+from .tokens import embedding_tensors, load_concept_files
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -196,8 +198,12 @@ def _embedding_plan(
 
     plan = []
     for token, src in concept_files.items():
-        vec = embeddings[token].float().reshape(1, -1).contiguous()
-        plan.append((out / src.name, lambda tmp, v=vec: save_file({A1111_KEY: v}, str(tmp))))
+        vec = embeddings[token]
+        if isinstance(vec, dict):  # SDXL: the layout A1111 and ComfyUI read, one row per text encoder
+            tensors = embedding_tensors(token, vec)
+        else:
+            tensors = {A1111_KEY: vec.float().reshape(1, -1).contiguous()}
+        plan.append((out / src.name, lambda tmp, t=tensors: save_file(t, str(tmp))))
     return plan
 
 

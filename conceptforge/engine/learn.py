@@ -144,8 +144,7 @@ def _learn(project: Project, run: RunDir, config: LearnConfig, resumed: bool, pa
         paths: list[Path] = []
         if par.is_main:
             finetune = config.finetune if config.joint_steps > 0 else "none"
-            rows = model.rows.rows.detach()
-            paths = export_concepts(project.concepts_dir, {t: rows[k] for k, t in enumerate(model.tokens)}, model.unet, finetune, project.model, run.id)
+            paths = export_concepts(project.concepts_dir, model.concept_embeddings(), model.unet, finetune, project.model, run.id)
             run.set_state(status="finished")
     except BaseException as exc:
         _after_failure(run, par, exc, resumed, started=trainer is not None and trainer.iteration >= 0)

@@ -1,6 +1,13 @@
 """Concept tokens: add them to a tokenizer/text encoder, initialise, keep the
 other embedding rows frozen, save and load in the diffusers textual-inversion
-layout ({token: tensor(1, dim)} per safetensors file)."""
+layout ({token: tensor(1, dim)} per safetensors file).
+
+Stable Diffusion XL concepts have a row in each text encoder and are stored
+in the layout of SDXL embedding files (diffusers' documentation, AUTOMATIC1111
+and ComfyUI): {"clip_l": tensor(1, 768), "clip_g": tensor(1, 1280)} per file,
+the first and the second text encoder's rows.  In memory such a concept is
+the dict {"clip_l": row, "clip_g": row}; an SD 1.x/2.x concept is one row.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ MAX_EMBEDDING_NORM = 1000.0
 MAX_EMBEDDING_WIDTH = 1 << 16  # text encoders are 512 to 4096 wide; the header is checked before any read
 FINETUNE_KINDS = ("none", "lora", "full")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+XL_KEYS = ("clip_l", "clip_g")  # an SDXL concept's rows: text_encoder's, text_encoder_2's
 
 
 def is_model_word(tokenizer, token: str) -> bool:
@@ -95,15 +103,24 @@ def save_concept_files(out_dir: Path, embeddings: dict[str, torch.Tensor]) -> li
     from safetensors.torch import save_file
 
     for token, vec in embeddings.items():
-        problem = embedding_problem(vec.detach().cpu())
+        parts = [vec[k] for k in XL_KEYS] if isinstance(vec, Mapping) else [vec]
+        problem = next((found for part in parts if (found := embedding_problem(part.detach().cpu())) is not None), None)
         if problem is not None:
             raise ConceptforgeError(f"The learned embedding of {token} is not usable ({problem}); no concept file was written.")
     paths = []
     for token, vec in embeddings.items():
         path = out_dir / f"{token[1:-1]}.safetensors"
-        atomic_write(path, lambda tmp, v=vec, t=token: save_file({t: v.reshape(1, -1).contiguous()}, str(tmp)))
+        atomic_write(path, lambda tmp, v=vec, t=token: save_file(embedding_tensors(t, v), str(tmp)))
         paths.append(path)
     return paths
+
+
+def embedding_tensors(token: str, vec) -> dict[str, torch.Tensor]:
+    """A concept file's tensors: {token: (1, dim)}, or for an SDXL concept
+    {"clip_l": (1, dim_l), "clip_g": (1, dim_g)}."""
+    if isinstance(vec, Mapping):
+        return {key: vec[key].detach().float().cpu().reshape(1, -1).contiguous() for key in XL_KEYS}
+    return {token: vec.reshape(1, -1).contiguous()}
 
 
 def embedding_problem(vec: torch.Tensor, width: int | None = None) -> str | None:
@@ -148,22 +165,38 @@ def load_concept_file(path: Path, token: str, width: int | None = None) -> torch
     try:
         with safe_open(str(path), framework="pt") as fh:
             keys = list(fh.keys())
-            if len(keys) != 1:
-                raise InputError(f"The concept file {path} holds {len(keys)} tensors; a concept file holds one, stored under its token {token}.")
-            if keys[0] != token:
-                raise InputError(f"The concept file {path} holds the token {keys[0]!r}, not {token} as concepts.json says.")
-            shape = fh.get_slice(token).get_shape()
-            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
-                raise InputError(f"The concept file {path} cannot be used for {token}: its shape is {tuple(shape)}, not (1, width).")
-            if shape[-1] > MAX_EMBEDDING_WIDTH:
-                raise InputError(f"The concept file {path} cannot be used for {token}: it is {shape[-1]} values wide, more than any text encoder's {MAX_EMBEDDING_WIDTH}.")
-            vec = fh.get_tensor(token)
+            if sorted(keys) == sorted(XL_KEYS):  # an SDXL concept: one row per text encoder
+                vecs = {key: _read_row(fh, key, path, token) for key in XL_KEYS}
+            else:
+                if len(keys) != 1:
+                    raise InputError(
+                        f"The concept file {path} holds {len(keys)} tensors; a concept file holds one, stored under its token {token} "
+                        "(or, for SDXL, clip_l and clip_g)."
+                    )
+                if keys[0] != token:
+                    raise InputError(f"The concept file {path} holds the token {keys[0]!r}, not {token} as concepts.json says.")
+                vec = _read_row(fh, token, path, token)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable header"
         raise InputError(f"The concept file {path} is damaged or not a safetensors file ({detail}).") from None
+    if sorted(keys) == sorted(XL_KEYS):
+        widths = width if isinstance(width, Mapping) else {}
+        return {key: check_embedding(f"{token} ({key})", v, path, widths.get(key)) for key, v in vecs.items()}
+    if isinstance(width, Mapping):
+        raise InputError(f"The concept file {path} holds one text encoder's row for {token}, but the model is SDXL, which needs clip_l and clip_g.")
     return check_embedding(token, vec, path, width)
+
+
+def _read_row(fh, key: str, path: Path, token: str) -> torch.Tensor:
+    """One tensor of an open concept file, its header checked before it is read."""
+    shape = fh.get_slice(key).get_shape()
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
+        raise InputError(f"The concept file {path} cannot be used for {token}: its shape is {tuple(shape)}, not (1, width).")
+    if shape[-1] > MAX_EMBEDDING_WIDTH:
+        raise InputError(f"The concept file {path} cannot be used for {token}: it is {shape[-1]} values wide, more than any text encoder's {MAX_EMBEDDING_WIDTH}.")
+    return fh.get_tensor(key)
 
 
 def load_concept_files(files: Mapping[str, Path] | Sequence[Path], width: int | None = None) -> dict[str, torch.Tensor]:
@@ -174,18 +207,46 @@ def load_concept_files(files: Mapping[str, Path] | Sequence[Path], width: int | 
     must have the text encoder's width; without it, all must share one width.
     """
     pairs = list(files.items()) if isinstance(files, Mapping) else [(f"<{Path(p).stem}>", Path(p)) for p in files]
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, Any] = {}
     for token, path in pairs:
         vec = load_concept_file(Path(path), token, width)
         if width is None and out:
             first_token, first = next(iter(out.items()))
-            if first.numel() != vec.numel():
+            if _widths(first) != _widths(vec):
                 raise InputError(
-                    f"The concept file {path} is {vec.numel()} values wide but {first_token}'s is {first.numel()}; "
+                    f"The concept file {path} is {_widths(vec)} values wide but {first_token}'s is {_widths(first)}; "
                     "they were not learned on one model."
                 )
         out[token] = vec
     return out
+
+
+def _widths(vec) -> str:
+    """A concept's width as words: "768", or "768 + 1280" for an SDXL concept."""
+    if isinstance(vec, Mapping):
+        return " + ".join(str(vec[k].numel()) for k in XL_KEYS)
+    return str(vec.numel())
+
+
+def install_pipeline_concepts(pipe, embeddings: Mapping[str, Any], files: Mapping[str, Path]) -> None:
+    """Check learned concepts against a loaded pipeline's text encoders (their
+    family and widths) and install them: an SD concept into `text_encoder`, an
+    SDXL concept's clip_l row into `text_encoder` and clip_g row into `text_encoder_2`."""
+    second = getattr(pipe, "text_encoder_2", None)
+    for token, vec in embeddings.items():
+        if isinstance(vec, Mapping) != (second is not None):
+            learned, model = ("SDXL", "an SD 1.x/2.x") if isinstance(vec, Mapping) else ("SD 1.x/2.x", "an SDXL")
+            raise InputError(f"The concept file {files[token]} was learned on an {learned} model, and this is {model} model.")
+        if second is None:
+            check_embedding(token, vec, files[token], pipe.text_encoder.get_input_embeddings().embedding_dim)
+        else:
+            for key, encoder in zip(XL_KEYS, (pipe.text_encoder, second)):
+                check_embedding(f"{token} ({key})", vec[key], files[token], encoder.get_input_embeddings().embedding_dim)
+    if second is None:
+        install_concepts(pipe.tokenizer, pipe.text_encoder, dict(embeddings))
+        return
+    install_concepts(pipe.tokenizer, pipe.text_encoder, {t: v["clip_l"] for t, v in embeddings.items()})
+    install_concepts(pipe.tokenizer_2, second, {t: v["clip_g"] for t, v in embeddings.items()})
 
 
 def check_concept_index(path: Path) -> dict[str, Any]:

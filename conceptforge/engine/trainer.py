@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError, TrainingDiverged
 from .bundle import ModelBundle
 from .config import LearnConfig
-from .data import ImageData, Prompts, encode_image
+from .data import Conditioning, ImageData, Prompts, encode_image
 from .estep import EStepResult, MaskEstimator
 from .events import Event, EventBus
 from .losses import method_loss
@@ -105,7 +105,7 @@ class Trainer:
         z = torch.cat([s["latent"] for s in batch])
         with model.autocast():
             encoded = [self.prompts.encode(s["tokens"], s["background"]) for s in batch]
-        ctx = torch.cat([c for c, _ in encoded])
+        cond = Conditioning.cat([c for c, _ in encoded])
         positions = torch.stack([_pad(p[0], kmax) for _, p in encoded])
         valid = torch.stack([_pad(torch.ones(len(s["tokens"])), kmax, 0.0) for s in batch]).to(model.device)
         masks = torch.stack([_pad_masks(s["masks"], kmax) for s in batch]).to(model.device)
@@ -116,7 +116,7 @@ class Trainer:
         model.store.reset()
         model.store.token_index = positions
         with model.autocast():
-            pred = model.unet(zt, t, encoder_hidden_states=ctx).sample
+            pred = model.unet(zt, t, **cond.unet_kwargs()).sample
         maps = model.store.mean_maps(model.att, model.att)
         for b, s in enumerate(batch):
             if not s["cropped"]:
@@ -172,13 +172,13 @@ class Trainer:
     # -- optimiser -----------------------------------------------------------------
     def make_optimizer(self, phase: str) -> None:
         cfg = self.cfg
-        rows = self.model.rows.rows
-        groups = [{"params": [rows], "lr": cfg.token_lr if phase == "em" else cfg.joint_token_lr, "weight_decay": 0.0}]
+        rows = self.model.concept_parameters
+        groups = [{"params": rows, "lr": cfg.token_lr if phase == "em" else cfg.joint_token_lr, "weight_decay": 0.0}]
         self.weights = []
         if phase == "joint" and cfg.finetune != "none":
             self.weights = self._weights_to_tune()
             groups.append({"params": self.weights, "lr": cfg.weight_lr, "weight_decay": 1e-2})
-        self.trainable = [rows] + self.weights
+        self.trainable = rows + self.weights
         self.par.broadcast_parameters(self.trainable)
         self.opt = make_optimizer(cfg.optimizer, groups)
 
@@ -254,7 +254,7 @@ class Trainer:
     # -- divergence ----------------------------------------------------------------
     def check_parameters(self, before: str) -> None:
         """Refuse non-finite or absurdly large concept rows or trained weights."""
-        for name, tensor in [("the concept tokens", self.model.rows.rows)] + [("the fine-tuned weights", w) for w in self.weights]:
+        for name, tensor in [("the concept tokens", r) for r in self.model.concept_parameters] + [("the fine-tuned weights", w) for w in self.weights]:
             t = tensor.detach()
             if not torch.isfinite(t).all() or t.abs().max() > MAX_PARAMETER_MAGNITUDE:
                 raise TrainingDiverged(self._diverged_message(f"Before {before}, {name} diverged (values non-finite or above {MAX_PARAMETER_MAGNITUDE:g})"))
@@ -276,6 +276,7 @@ class Trainer:
             "iteration": self.iteration,
             "converged": self.converged,
             "rows": self.model.rows.rows.detach().cpu(),
+            **({"rows_2": self.model.rows_2.rows.detach().cpu()} if self.model.rows_2 is not None else {}),
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "masks": {f"{i}|{t}": m for (i, t), m in self.masks.items()},
@@ -297,6 +298,8 @@ class Trainer:
         self.phase, self.step = state["phase"], int(state["step"])
         with torch.no_grad():
             self.model.rows.rows.copy_(state["rows"])
+            if self.model.rows_2 is not None:
+                self.model.rows_2.rows.copy_(state["rows_2"])
         masks = {_key(k): np.asarray(v, bool) for k, v in state["masks"].items()}
         soft = {_key(k): np.asarray(v, np.float32) for k, v in state["soft"].items()}
         self.estep_result = EStepResult(int(state["iteration"]), masks, soft, converged=bool(state["converged"]))
