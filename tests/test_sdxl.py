@@ -368,3 +368,40 @@ def test_concepts_of_the_other_family_are_refused(learned, tiny_sdxl, tiny_model
     save_file({"<v2>": torch.zeros(1, HIDDEN_1)}, str(sd_file_2))
     with pytest.raises(InputError, match="not learned on one model"):
         load_concept_files({"<v1>": files["<v1>"], "<v2>": sd_file_2})
+
+
+def test_single_file_sdxl_with_a_config_folder(tiny_sdxl, tmp_path, monkeypatch):
+    """An SDXL single-file checkpoint loads offline with --model-config: same
+    weights as its folder, reported as SDXL by init, learned and sampled from."""
+    from huggingface_hub import constants
+
+    from conceptforge.engine.backbone import load_pipeline, resolve_source
+    from ldm_checkpoint import config_folder
+    from tiny_sdxl import write_sdxl_checkpoint
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    configs = config_folder(tiny_sdxl, tmp_path / "configs")
+    weights = write_sdxl_checkpoint(tiny_sdxl, tmp_path / "tiny-sdxl.safetensors")
+    source = resolve_source(str(weights), str(configs))
+    assert source.family == "sdxl"
+    ours, ref = load_pipeline(source), _stock(tiny_sdxl)
+    assert type(ours).__name__ == "StableDiffusionXLPipeline"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(ours, name).state_dict(), getattr(ref, name).state_dict()
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b), name
+
+    image, _ = draw_scene(tmp_path / "first.png", 3)
+    proj = tmp_path / "proj"
+    r = cf("init", proj, "--model", weights, "--model-config", configs)
+    assert r.exit_code == 0 and "Stable Diffusion XL" in r.output, r.output
+    for token, init in (("<v1>", "dog"), ("<v2>", "cat")):
+        assert cf("add-concept", proj, image, "--token", token, "--init", init, "-q").exit_code == 0
+    manifest = proj / "conceptforge.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["settings"] = dict(FAST_SETTINGS)
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    r = cf("learn", proj, "--em-steps", "2", "--joint-steps", "1", "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(load_file(str(proj / "concepts" / "v1.safetensors"))) == ["clip_g", "clip_l"]
+    r = cf("generate", proj, "a photo of <v1> and <v2>", "-n", "1", "--steps", "2", "--out", tmp_path / "samples", "-q")
+    assert r.exit_code == 0, r.output

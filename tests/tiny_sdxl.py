@@ -66,3 +66,32 @@ def build_tiny_sdxl(out: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(out))
     return out
+
+
+def write_sdxl_checkpoint(folder: Path, out: Path) -> Path:
+    """Save the tiny SDXL pipeline `folder` as an SDXL single-file (SGM) checkpoint:
+    `model.diffusion_model.*` (the add embedding as `label_emb.0.*`), `first_stage_model.*`,
+    `conditioner.embedders.0.transformer.text_model.*` (CLIP) and
+    `conditioner.embedders.1.model.*` (OpenCLIP, with its text projection)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from ldm_checkpoint import CLIP, OPEN_CLIP, UNET, clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder))
+    unet = dict(pipe.unet.state_dict())
+    added = {k: unet.pop(k) for k in list(unet) if k.startswith("add_embedding.")}
+    state = unet_to_ldm(unet, pipe.unet.config)
+    for key, value in added.items():  # add_embedding.linear_1/2 -> label_emb.0.0/0.2
+        state[UNET + key.replace("add_embedding.linear_1", "label_emb.0.0").replace("add_embedding.linear_2", "label_emb.0.2")] = value
+    state.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
+    state.update({k.replace(CLIP, "conditioner.embedders.0.transformer.", 1): v for k, v in clip_to_ldm(pipe.text_encoder.state_dict()).items()})
+    second = dict(pipe.text_encoder_2.state_dict())
+    projection = second.pop("text_projection.weight")  # (projection, hidden); OpenCLIP stores (hidden, projection)
+    for key, value in open_clip_to_ldm(second).items():
+        state[key.replace(OPEN_CLIP, "conditioner.embedders.1.model.", 1)] = value
+    state["conditioner.embedders.1.model.text_projection"] = projection.T
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out))
+    return out
