@@ -236,6 +236,57 @@ def sd_worker(device: str, phase: str, checkpointing: bool, precision: str, opti
     return out
 
 
+# --------------------------------------------------------------------------- SDXL-configured (--sdxl)
+
+
+def sdxl_worker(device: str, phase: str, checkpointing: bool, precision: str, size: int = 1024) -> dict:
+    """One Trainer.train_step with SDXL-base's configuration (random weights: UNet,
+    CLIP ViT-L and OpenCLIP ViT-bigG text encoders, VAE) at `size` px."""
+    SDXL_UNET = dict(  # noqa: N806 - stabilityai/stable-diffusion-xl-base-1.0's unet/config.json
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+    SDXL_TEXT_2 = dict(  # noqa: N806 - OpenCLIP ViT-bigG, text_encoder_2/config.json
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, max_position_embeddings=77,
+        projection_dim=1280, hidden_act="gelu",
+    )
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from conceptforge.engine.config import resolve_config
+    from conceptforge.engine.estep import EStepResult
+    from conceptforge.engine.learn import build_trainer
+    from conceptforge.project import Project
+    from conceptforge.shapes import model_path
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(model_path()), subfolder="tokenizer", model_max_length=77)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(model_path()), subfolder="tokenizer", model_max_length=77)
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(**SD15_VAE, scaling_factor=0.13025), text_encoder=CLIPTextModel(CLIPTextConfig(**ids, **SD15_TEXT)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**ids, **SDXL_TEXT_2)), tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        unet=UNet2DConditionModel(**SDXL_UNET), scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    )
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "p" / "model").mkdir(parents=True)
+    (tmp / "p" / "model" / "model_index.json").write_text("{}")  # the model is passed in memory
+    project = Project.load(sd_project(tmp / "p"))
+    settings = {"device": device, "gradient_checkpointing": checkpointing, "mixed_precision": precision, "image_size": size}
+    trainer = build_trainer(project, resolve_config(False, {}, settings), pipeline=pipe)
+    half = np.zeros((size, size), bool)
+    half[:, : size // 2] = True
+    trainer.estep_result = EStepResult(0, {(0, "<a>"): half, (0, "<b>"): ~half}, {})
+    trainer.make_optimizer(phase)
+    return {"step_s": _timed(trainer.train_step), "peak_mb": peak_memory_mb(device), "att": trainer.model.att}
+
+
 # --------------------------------------------------------------------------- 4. threads beside a busy process
 
 
@@ -275,7 +326,7 @@ def spawn(kind: str, **kwargs) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-WORKERS = {"builtin": builtin_worker, "multi": multi_worker, "sd": sd_worker, "threads": threads_worker}
+WORKERS = {"builtin": builtin_worker, "multi": multi_worker, "sd": sd_worker, "threads": threads_worker, "sdxl": sdxl_worker}
 
 
 def example_rows(b: dict) -> list[str]:
@@ -320,11 +371,27 @@ def main() -> None:
     ap.add_argument("--skip-sd", action="store_true")
     ap.add_argument("--skip-threads", action="store_true")
     ap.add_argument("--worker", default=None)
+    ap.add_argument("--sdxl", default=None, help="only the SDXL-configured rows: MODE[,MODE...] of em, lora, lora+ckpt, lora+bf16, lora+ckpt+bf16, or all")
+    ap.add_argument("--sdxl-size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
     args = ap.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(WORKERS[spec.pop("kind")](**spec)))
+        return
+    if args.sdxl:  # SDXL-configured rows only (random weights), written to speed_sdxl.md
+        modes = {"em": ("em", False, "no"), "lora": ("joint", False, "no"), "lora+ckpt": ("joint", True, "no"),
+                 "lora+bf16": ("joint", False, "bf16"), "lora+ckpt+bf16": ("joint", True, "bf16")}
+        chosen = list(modes) if args.sdxl == "all" else args.sdxl.split(",")
+        lines = [f"# SDXL-configured pipeline (random weights), {args.sdxl_size} px, batch 1, one `Trainer.train_step`", "",
+                 f"Produced by `python benchmarks/speed.py {' '.join(sys.argv[1:])}` on {args.device}.", "",
+                 "| mode | s/step | peak memory | attention maps |", "|---|---:|---:|---:|"]
+        for mode in chosen:
+            phase, ckpt, prec = modes[mode]
+            r = spawn("sdxl", device=args.device, phase=phase, checkpointing=ckpt, precision=prec, size=args.sdxl_size)
+            lines.append(f"| {mode} | failed: {r['error']} | | |" if "error" in r else f"| {mode} | {r['step_s']:.1f} | {r['peak_mb']:.0f} MB | {r['att']}x{r['att']} |")
+            print(lines[-1], flush=True)
+        args.out.with_name("speed_sdxl.md").write_text("\n".join(lines) + "\n")
         return
     import torch
 

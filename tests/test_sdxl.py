@@ -310,16 +310,35 @@ def test_diffusers_export_loads_in_stock_sdxl_pipeline(learned, tiny_sdxl, tmp_p
 
 
 def _check_kohya_lora(path, diffusers_lora):
+    """kohya-ss's SDXL names: the original UNet's (input_blocks, middle_block, output_blocks)."""
+    from conceptforge.engine.interop import sgm_module_name
+
     kohya = load_file(str(path))
     assert kohya and all(KOHYA_KEY.match(k) for k in kohya), [k for k in kohya if not KOHYA_KEY.match(k)][:3]
     source = load_file(str(diffusers_lora))
     assert len(kohya) == 3 * len(source) // 2
     for key, tensor in source.items():
         module, kind = re.match(r"^unet\.(.+)\.lora\.(down|up)\.weight$", key).groups()
-        assert torch.equal(kohya[f"lora_unet_{module.replace('.', '_')}.lora_{kind}.weight"], tensor)
-    assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in kohya
-    assert "lora_unet_mid_block_attentions_0_transformer_blocks_1_attn1_to_out_0.lora_up.weight" in kohya
-    assert not any(k.startswith("lora_unet_down_blocks_0_") for k in kohya)  # SDXL's first block has no attention
+        assert torch.equal(kohya[f"lora_unet_{sgm_module_name(module, 1).replace('.', '_')}.lora_{kind}.weight"], tensor)
+    # the tiny UNet has one layer per block: its level 1 starts at input block 3
+    assert "lora_unet_input_blocks_3_1_transformer_blocks_0_attn2_to_k.lora_down.weight" in kohya
+    assert "lora_unet_middle_block_1_transformer_blocks_1_attn1_to_out_0.lora_up.weight" in kohya
+    assert "lora_unet_output_blocks_0_1_transformer_blocks_1_attn2_to_v.alpha" in kohya
+    assert not any(part in k for k in kohya for part in ("down_blocks", "mid_block", "up_blocks"))
+
+
+def test_sgm_names_of_the_sdxl_base_layout():
+    from conceptforge.engine.interop import sgm_module_name
+
+    rest = "transformer_blocks.0.attn1.to_q"
+    names = {m: sgm_module_name(f"{m}.{rest}", 2).removesuffix("." + rest) for m in (
+        "down_blocks.1.attentions.0", "down_blocks.1.attentions.1", "down_blocks.2.attentions.0", "down_blocks.2.attentions.1",
+        "mid_block.attentions.0", "up_blocks.0.attentions.0", "up_blocks.0.attentions.2", "up_blocks.1.attentions.0", "up_blocks.1.attentions.2",
+    )}
+    assert list(names.values()) == [
+        "input_blocks.4.1", "input_blocks.5.1", "input_blocks.7.1", "input_blocks.8.1", "middle_block.1",
+        "output_blocks.0.1", "output_blocks.2.1", "output_blocks.3.1", "output_blocks.5.1",
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["a1111", "kohya"])
@@ -337,7 +356,7 @@ def test_a1111_and_kohya_exports(learned, tiny_sdxl, tmp_path, fmt):
         assert (out / "images" / "first.txt").read_text() == "a photo of <v1> and <v2>\n"
         assert sorted(p.name for p in (out / "masks" / "first").iterdir()) == ["v1.png", "v2.png"]
         return
-    # stock diffusers reads the kohya-named LoRA into the same UNet
+    # stock diffusers reads the kohya-named (SGM) LoRA into the same UNet
     reference, converted = _stock(tiny_sdxl), _stock(tiny_sdxl)
     reference.load_lora_weights(str(concepts), weight_name="pytorch_lora_weights.safetensors")
     converted.load_lora_weights(str(out), weight_name="proj_lora.safetensors")

@@ -71,6 +71,32 @@ def model_family(source: ModelSource) -> str:
     return "sdxl" if xl else "sd"
 
 
+def unet_config(source: ModelSource) -> dict | None:
+    """The UNet's config.json of a model, read without loading weights (None when
+    the source has none at hand: a single file without a config folder, an
+    unreachable hub id)."""
+    import json
+
+    if source.kind in ("builtin", "folder"):
+        path = source.path / "unet" / "config.json"
+    elif source.kind == "single_file" and source.config is not None:
+        path = source.config / "unet" / "config.json"
+    elif source.kind == "hub":
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source.spec, "unet/config.json"))
+        except Exception:  # noqa: BLE001 - not at hand
+            return None
+    else:
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _single_file_is_xl(path: Path) -> bool:
     if path.suffix.lower() != ".safetensors":
         return False  # a pickled .ckpt is read only when the pipeline loads

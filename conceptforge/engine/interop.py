@@ -11,7 +11,9 @@ Formats (`export_project(project, fmt, out)`):
   embedding after the file, so the prompt word is ``<name>`` without brackets --
   and ``<project>_lora.safetensors`` with the LoRA in kohya-ss key names.  SDXL
   concepts are written as A1111 and ComfyUI read SDXL embeddings:
-  ``{"clip_l": tensor(1, 768), "clip_g": tensor(1, 1280)}`` per file.
+  ``{"clip_l": tensor(1, 768), "clip_g": tensor(1, 1280)}`` per file, and an
+  SDXL LoRA with the module names kohya-ss uses for SDXL, those of the original
+  (SGM) UNet: ``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``.
 - ``kohya`` (kohya-ss sd-scripts): the a1111 files, plus ``images/`` (copies of
   the project's images, each with a caption ``<stem>.txt``: the training prompt
   naming the image's concept tokens) and ``masks/`` (one grayscale PNG per image,
@@ -75,13 +77,15 @@ class ExportResult:
 # --------------------------------------------------------------------------- conversions
 
 
-def lora_to_kohya(state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, torch.Tensor]:
+def lora_to_kohya(state_dict: dict[str, torch.Tensor], scale: float = 1.0, sgm_layers: int | None = None) -> dict[str, torch.Tensor]:
     """A diffusers-layout LoRA state dict in kohya-ss key names.
 
     ``unet.<module>.lora.down.weight`` (or ``lora_A``) becomes
     ``lora_unet_<module with dots as underscores>.lora_down.weight``, ``up``/``lora_B``
     becomes ``lora_up``, and each module gets ``.alpha`` = rank x scale (kohya applies
     alpha / rank; diffusers applies lora_alpha / r, which is 1 when the file carries none).
+    With `sgm_layers` (the UNet's layers_per_block) the UNet modules get the
+    original UNet's names, as kohya-ss writes SDXL LoRAs (`sgm_module_name`).
     """
     out: dict[str, torch.Tensor] = {}
     alphas: dict[str, torch.Tensor] = {}
@@ -94,7 +98,8 @@ def lora_to_kohya(state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> di
         m = _LORA_KEY.match(key)
         if m is None:
             raise InputError(f"The LoRA key {key!r} is not in a layout conceptforge can convert to kohya-ss names.")
-        name = f"{_KOHYA_PREFIX[m['part']]}_{m['module'].replace('.', '_')}"
+        module = sgm_module_name(m["module"], sgm_layers) if sgm_layers and m["part"] == "unet" else m["module"]
+        name = f"{_KOHYA_PREFIX[m['part']]}_{module.replace('.', '_')}"
         out[f"{name}.{_KOHYA_KIND[m['kind']]}.weight"] = tensor.contiguous()
     for key in list(out):
         name, _, rest = key.partition(".")
@@ -107,6 +112,19 @@ def lora_to_kohya(state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> di
     if any(k.endswith(".lora_up.weight") and k.replace("lora_up", "lora_down") not in out for k in out):
         raise InputError("The LoRA file has an up matrix without its down matrix.")
     return out
+
+
+def sgm_module_name(module: str, layers: int) -> str:
+    """A diffusers UNet attention module's name in the original (SGM/LDM) UNet, whose
+    levels hold `layers` + 1 blocks: down_blocks.B.attentions.A -> input_blocks.(1 + B(layers+1) + A).1,
+    up_blocks.B.attentions.A -> output_blocks.(B(layers+1) + A).1, mid_block.attentions.0 -> middle_block.1."""
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", module):
+        return f"input_blocks.{1 + int(m[1]) * (layers + 1) + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", module):
+        return f"output_blocks.{int(m[1]) * (layers + 1) + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", module):
+        return f"middle_block.1.{m[1]}"
+    raise InputError(f"The LoRA module {module!r} has no name in the original SDXL UNet, so it cannot be written in kohya-ss's SDXL layout.")
 
 
 def _lora_scale(metadata: dict[str, str] | None) -> float:
@@ -158,7 +176,8 @@ def export_project(project: "Project", fmt: str, out: Path) -> ExportResult:
     else:
         plan += _embedding_plan(concept_files, embeddings, out)
         if has_lora:
-            plan.append((out / f"{project_slug(project)}_lora.safetensors", _kohya_lora_writer(lora)))
+            xl = isinstance(next(iter(embeddings.values())), dict)
+            plan.append((out / f"{project_slug(project)}_lora.safetensors", _kohya_lora_writer(lora, _sgm_layers(project) if xl else None)))
         elif has_unet:
             result.notes.append("The project was fine-tuned in full (concepts/unet), which has no LoRA form; only the embeddings are exported.")
         if fmt == "kohya":
@@ -207,7 +226,18 @@ def _embedding_plan(
     return plan
 
 
-def _kohya_lora_writer(lora: Path) -> Callable[[Path], None]:
+def _sgm_layers(project: "Project") -> int:
+    """layers_per_block of the project's SDXL UNet, from its config (2, SDXL's, when it cannot be read)."""
+    from .backbone import resolve_source, unet_config
+
+    try:
+        config = unet_config(resolve_source(project.model, project.model_config, base=project.root))
+    except InputError:
+        config = None
+    return int((config or {}).get("layers_per_block", 2))
+
+
+def _kohya_lora_writer(lora: Path, sgm_layers: int | None = None) -> Callable[[Path], None]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -222,7 +252,7 @@ def _kohya_lora_writer(lora: Path) -> Callable[[Path], None]:
         scale = _lora_scale(metadata)
     except (ValueError, TypeError, ZeroDivisionError):
         raise InputError(f"The LoRA file {lora} has damaged adapter metadata (lora_adapter_metadata).") from None
-    converted = lora_to_kohya(state, scale)
+    converted = lora_to_kohya(state, scale, sgm_layers)
     return lambda tmp: save_file(converted, str(tmp), metadata={"format": "pt"})
 
 
