@@ -167,8 +167,12 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "mask_signal": ("attention", "both"),  # built-in: attention + error 0.611 vs attention alone 0.532
     # built-in: k's init word in k's place keeps the causal text encoder's other tokens as in the full prompt
     "error_reference": ("drop", "init"),
-    "attention_source": ("pass", "pass"),
-    "estep_skip_settled": (False, False),
+    # the maps the training steps computed anyway, instead of a UNet pass per E-step: built-in,
+    # mask_signal attention, 12 scenes final IoU 0.692 harvested vs 0.689 with the pass
+    # (`both`, the built-in default, reads attention from its error pass at no extra cost)
+    "attention_source": ("harvest", "harvest"),
+    # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
+    "estep_skip_settled": (True, True),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
     "batch_size": (1, 1),
