@@ -72,33 +72,38 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "first_masks")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "first_masks.md")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timesteps", default="", help="compare init_mask_timesteps values (e.g. 50,32,24), each with every signal")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     signals = [s for s in args.signals.split(",") if s]
-    rows: dict[str, list[dict]] = {s: [] for s in signals}
+    counts = [int(n) for n in args.timesteps.split(",") if n] or [None]
+    variants = [(s, n) for n in counts for s in signals]
+    rows: dict[tuple, list[dict]] = {v: [] for v in variants}
     seeds = scene_seeds(args.scenes)
     for seed in seeds:
         project = Project.load(make_scene_project(args.work / str(seed), seed))
-        config = resolve_config(True, {}, {})
-        learner = build_trainer(project, config)
-        for s in signals:
-            scored = score_scene(learner, first_masks(learner, s))
-            rows[s] += scored
-            print(f"scene {seed} {s:9s} " + " ".join(f"{r['token']} {r['own']:.2f}" for r in scored), flush=True)
+        for n in counts:
+            learner = build_trainer(project, resolve_config(True, {}, {"init_mask_timesteps": n}))
+            for s in signals:
+                scored = score_scene(learner, first_masks(learner, s))
+                rows[(s, n)] += scored
+                print(f"scene {seed} {s:9s} {n or ''} " + " ".join(f"{r['token']} {r['own']:.2f}" for r in scored), flush=True)
+    first = summarise(rows[variants[0]])
     lines = [
         "# First masks on the built-in world, by `init_mask_signal`",
         "",
-        f"Produced by `python benchmarks/first_masks.py --scenes {args.scenes}`: {len(seeds)} held-out scenes"
-        f" (seeds {seeds[0]}-{seeds[-1]}), {summarise(rows[signals[0]])['n_objects']} object concepts.",
+        f"Produced by `{' '.join(['python', 'benchmarks/first_masks.py', *sys.argv[1:]])}`: {len(seeds)} held-out development scenes"
+        f" (seeds {seeds[0]}-{seeds[-1]}), {first['n_objects']} object concepts.",
         "",
-        "| signal | objects: mean IoU | placed right (IoU > 0.5) | placed on another object | background IoU |",
-        "|---|---:|---:|---:|---:|",
+        "| signal | init_mask_timesteps | objects: mean IoU | placed right (IoU > 0.5) | placed on another object | background IoU |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for s in signals:
-        m = summarise(rows[s])
-        lines.append(f"| {s} | {m['objects']:.3f} | {m['right']:.2f} | {m['on_other']:.2f} | {m['background']:.3f} |")
+    for s, n in variants:
+        m = summarise(rows[(s, n)])
+        shown = n if n is not None else resolve_config(True, {}, {}).init_mask_timesteps
+        lines.append(f"| {s} | {shown} | {m['objects']:.3f} | {m['right']:.2f} | {m['on_other']:.2f} | {m['background']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
