@@ -184,7 +184,8 @@ def test_conditioning_is_the_stock_pipelines(tiny_sdxl):
 
 
 @pytest.mark.parametrize("settings", [{"gradient_checkpointing": True}, {"mixed_precision": "bf16"}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}])
-def test_memory_options_train_both_encoders_rows(tiny_sdxl, settings):
+def test_memory_options_train_both_encoders_rows(tiny_sdxl, settings, tmp_path):
+    from conceptforge.engine.checkpoint import load_checkpoint, save_checkpoint
     from conceptforge.engine.trainer import Trainer
 
     model, _ = _bundle(tiny_sdxl, **settings)
@@ -200,8 +201,9 @@ def test_memory_options_train_both_encoders_rows(tiny_sdxl, settings):
         assert math.isfinite(losses["loss"])
         assert all(not torch.equal(b, p) for b, p in zip(before, model.concept_parameters))
     trainer.phase = "joint"
-    state = trainer.state_dict()
-    assert state["rows_2"].shape == (2, HIDDEN_2)
+    save_checkpoint(tmp_path, trainer.state_dict())  # through the checkpoint file, as a resumed run reads it
+    state = load_checkpoint(tmp_path)
+    assert state["rows_2"].shape == (2, HIDDEN_2) and torch.equal(state["rows_2"], model.rows_2.rows.detach())
     with torch.no_grad():
         model.rows_2.rows.zero_()
     trainer.restore(state)
@@ -268,8 +270,9 @@ def test_learn_writes_masks_and_sdxl_concept_files(learned):
         assert {k: tuple(v.shape) for k, v in data.items()} == {"clip_l": (1, HIDDEN_1), "clip_g": (1, HIDDEN_2)}
     lora = load_file(str(concepts / "pytorch_lora_weights.safetensors"))
     assert lora and all(k.startswith("unet.") for k in lora)
-    r = cf("masks", learned, "--json")
-    assert r.exit_code == 0, r.output
+    for args in (("masks", learned, "--json"), ("evaluate", learned, "--json", "-n", "2", "--steps", "2"), ("report", learned, "-q")):
+        r = cf(*args)
+        assert r.exit_code == 0, r.output
 
 
 def test_generate_uses_the_sdxl_pipeline(learned, tmp_path):

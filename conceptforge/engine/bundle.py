@@ -68,7 +68,9 @@ class ModelBundle:
     def time_ids(self) -> torch.Tensor:
         """SDXL's size and crop conditioning of a training image, (1, 6): original
         size, crop top-left, target size, as the stock pipeline builds it when it
-        draws a `size` x `size` image (the images are resized whole, never cropped)."""
+        draws a `size` x `size` image.  Images are resized whole to `size`; the
+        random crops of `augment: full` are conditioned as uncropped too, so the
+        tokens are learned under the conditioning they are sampled with."""
         return torch.tensor([[self.size, self.size, 0, 0, self.size, self.size]], dtype=torch.float32, device=self.device)
 
     @property
