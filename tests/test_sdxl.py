@@ -183,7 +183,9 @@ def test_conditioning_is_the_stock_pipelines(tiny_sdxl):
     assert set(kwargs) == {"encoder_hidden_states", "added_cond_kwargs"} and kwargs["added_cond_kwargs"]["time_ids"].shape == (4, 6)
 
 
-@pytest.mark.parametrize("settings", [{"gradient_checkpointing": True}, {"mixed_precision": "bf16"}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}])
+@pytest.mark.parametrize(
+    "settings", [{"gradient_checkpointing": True}, {"mixed_precision": "bf16"}, {"mixed_precision": "fp16"}, {"gradient_checkpointing": True, "mixed_precision": "bf16"}]
+)
 def test_memory_options_train_both_encoders_rows(tiny_sdxl, settings, tmp_path):
     from conceptforge.engine.checkpoint import load_checkpoint, save_checkpoint
     from conceptforge.engine.trainer import Trainer
