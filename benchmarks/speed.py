@@ -368,6 +368,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", default="3,10", help="image counts of the several-image projects")
     ap.add_argument("--set", action="append", default=[], help="a setting for the several-image rows (KEY=VALUE; repeatable); the defaults row is always run")
+    ap.add_argument("--skip-builtin", action="store_true", help="leave out the built-in model's blocks (example and several images)")
     ap.add_argument("--skip-sd", action="store_true")
     ap.add_argument("--skip-threads", action="store_true")
     ap.add_argument("--worker", default=None)
@@ -404,20 +405,20 @@ def main() -> None:
         f"Produced by `{record['command']}` on {args.device} ({torch.get_num_threads()} threads"
         f" in this process, workers with their defaults); each block in its own process.",
         "",
-        "## Built-in model, example project (shapes-duo)",
-        "",
     ]
-    b = spawn("builtin", device=args.device, steps=args.steps)
-    record["example"] = b
-    lines += [f"failed: {b['error']}"] if "error" in b else example_rows(b)
-    print("\n".join(lines), flush=True)
+    if not args.skip_builtin:
+        lines += ["## Built-in model, example project (shapes-duo)", ""]
+        b = spawn("builtin", device=args.device, steps=args.steps)
+        record["example"] = b
+        lines += [f"failed: {b['error']}"] if "error" in b else example_rows(b)
+        print("\n".join(lines), flush=True)
 
-    lines += ["", "## EM on projects of several images (built-in model, 200 EM steps, no joint phase; em and fixed in one process)", ""]
-    variants = [{}] + ([parse_set_option(args.set)] if args.set else [])
-    multi = [spawn("multi", device=args.device, images=int(n), settings=v) for v in variants for n in args.images.split(",") if n]
-    record["multi"] = multi
-    lines += multi_rows(multi)
-    print("\n".join(lines[-len(multi) - 2 :]), flush=True)
+        lines += ["", "## EM on projects of several images (built-in model, 200 EM steps, no joint phase; em and fixed in one process)", ""]
+        variants = [{}] + ([parse_set_option(args.set)] if args.set else [])
+        multi = [spawn("multi", device=args.device, images=int(n), settings=v) for v in variants for n in args.images.split(",") if n]
+        record["multi"] = multi
+        lines += multi_rows(multi)
+        print("\n".join(lines[-len(multi) - 2 :]), flush=True)
 
     if not args.skip_sd:
         lines += ["", "## SD-1.5-configured pipeline (random weights), 512 px, batch 1: `Trainer.train_step` and the E-step", "",
