@@ -104,6 +104,10 @@ def test_family_is_detected(tiny_sdxl, tiny_model, tmp_path):
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.ones(4)}, str(xl_file))
     assert ModelSource(str(xl_file), "single_file", xl_file).family == "sdxl"
     assert ModelSource(str(weights), "single_file", weights).family == "sd"
+    for name, key in (("xl.ckpt", "conditioner.embedders.1.model.ln_final.weight"), ("sd.ckpt", "cond_stage_model.model.ln_final.weight")):
+        torch.save({"state_dict": {key: torch.ones(4)}}, str(tmp_path / name))
+    assert ModelSource("xl.ckpt", "single_file", tmp_path / "xl.ckpt").family == "sdxl"
+    assert ModelSource("sd.ckpt", "single_file", tmp_path / "sd.ckpt").family == "sd"
     r = cf("init", tmp_path / "sd", "--model", tiny_model)
     assert r.exit_code == 0 and "Stable Diffusion 1.x/2.x" in r.output
 

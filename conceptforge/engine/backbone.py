@@ -98,14 +98,19 @@ def unet_config(source: ModelSource) -> dict | None:
 
 
 def _single_file_is_xl(path: Path) -> bool:
-    if path.suffix.lower() != ".safetensors":
-        return False  # a pickled .ckpt is read only when the pipeline loads
+    """Whether a single-file checkpoint holds SDXL's second text encoder: the
+    safetensors header, or a .ckpt's keys (memory-mapped, tensors only, no code run)."""
+    marker = "conditioner.embedders.1."
     try:
-        from safetensors import safe_open
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            return any(k.startswith("conditioner.embedders.1.") for k in fh.keys())
-    except Exception:  # noqa: BLE001 - a damaged file: loading names the fault
+            with safe_open(str(path), framework="pt") as fh:
+                return any(k.startswith(marker) for k in fh.keys())
+        data = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        state = data.get("state_dict", data) if isinstance(data, dict) else {}
+        return isinstance(state, dict) and any(str(k).startswith(marker) for k in state)
+    except Exception:  # noqa: BLE001 - a damaged or old-format file: loading names the fault
         return False
 
 
