@@ -226,9 +226,9 @@ def sd_worker(device: str, phase: str, checkpointing: bool, precision: str, opti
     out = {"step_s": min(times), "peak_mb": peak_memory_mb(device)}
     if estep:
         # the same E-step two ways: a dedicated attention pass, and the maps harvested from a training step
-        trainer.estimator.cfg = cfg.model_copy(update={"attention_source": "pass"})
+        trainer.estimator.cfg = cfg.model_copy(update={"attention_source": "pass", "estep_skip_settled": False})
         out["estep_pass_s"] = _timed(trainer.run_estep)
-        trainer.estimator.cfg = cfg.model_copy(update={"attention_source": "harvest", "mask_t_min": 0, "mask_t_max": 999})
+        trainer.estimator.cfg = cfg.model_copy(update={"attention_source": "harvest", "mask_t_min": 0, "mask_t_max": 999, "estep_skip_settled": False})
         trainer.train_step()  # its maps are harvested whatever its timestep
         out["estep_harvest_s"] = _timed(trainer.run_estep)
         out["default_source"] = cfg.attention_source
