@@ -2,41 +2,181 @@
 
 For every scene of the Break-a-Scene examples (real photographs with one human
 mask per concept), each human mask is degraded into a coarse map the way a
-cross-attention map looks: area pooling to 16×16, a Gaussian blur, additive
-Gaussian noise, clipped to [0, 1] (seeded).  `refine_masks` turns the maps back
-into masks; the IoU with the human masks is reported before refinement (the
-thresholded upsampled maps, `use_crf=False`) and after (DenseCRF).  Photos whose
-longer side exceeds 512 px are resized to 512 first.  Pixels in no human mask
-are background; a scene gets `has_background=True` only when its masks cover
-the whole image.
+cross-attention map looks: area pooling to a grid (16×16 or 32×32), a Gaussian
+blur, additive Gaussian noise, clipped to [0, 1] (seeded), at several
+strengths.  Three refinements turn the same maps back into masks, scored by IoU
+with the human masks:
 
-With `--shapes`, the same is measured on the built-in shapes world (seeds
-0-49, objects only, `has_background=False`).
+- old: `refine_masks` as it was before its parameters were chosen on photos
+  (a frozen copy below: softmax unary with temperature 0.3, rest score equal to
+  the threshold, CutLER's pairwise widths in pixels at the image's resolution);
+- reference: a plain DenseCRF with CutLER's parameters (maskcut/crf.py: 10
+  iterations, Gaussian sxy 3 compat 7, bilateral sxy 50 srgb 5 compat 10) and
+  a binary-stack unary (each label's probability is its upsampled map, the rest
+  label a constant 0.4), run at the image's resolution;
+- new: `refine_masks` as it is now.
 
-    python benchmarks/crf_real.py --shapes
+With `--ablations`, variants of the new refinement that each undo one of its
+choices (the constants of `conceptforge.engine.masks`, patched) are measured on
+the same maps, to show where the gain comes from.
+
+"Before" is the thresholded upsampled maps (`refine_masks(..., use_crf=False)`).
+The photos are split into tuning photos (`TUNING`, on which the parameters of
+`refine_masks` were chosen) and held-out photos.  The CRF time of each method is
+the median over repeated runs on the 512 px photos with 3 concepts, one thread.
+With `--shapes`, the same is measured on the built-in shapes world (64 px,
+seeds 0-49, objects only, `has_background=False`, 16×16 grid).
+
+    OMP_NUM_THREADS=1 python benchmarks/crf_real.py --shapes --ablations
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy: the timings are for one core
+
 import argparse
+import contextlib
+import functools
 import shlex
+import statistics
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+from unittest import mock
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
-from conceptforge.engine.masks import iou, load_mask_png, refine_masks, resize_mask  # noqa: E402
+from conceptforge.engine import masks as masks_module  # noqa: E402
+from conceptforge.engine.masks import (  # noqa: E402
+    iou,
+    load_mask_png,
+    normalise_maps,
+    refine_masks,
+    resize_mask,
+    upsample_maps,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/break-a-scene-examples"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "crf_real.md"
 FULL_COVERAGE = 0.99  # masks covering at least this share of the image need no rest label
+TUNING = ("bear", "chicken", "rabbit", "toys")  # every other photo in name order; the rest are held out
+STRENGTHS = ((0.5, 0.05), (1.0, 0.1), (1.5, 0.2), (2.0, 0.3))  # (blur sigma in grid cells, noise std)
+GRIDS = (16, 32)
+METHODS = ("old", "reference", "new")
+REFERENCE_REST = 0.4
+TIMING_CONCEPTS = 3
+
+Refiner = Callable[[np.ndarray, np.ndarray, float, bool], np.ndarray]
 
 
-@dataclass
+# --------------------------------------------------------------------------- the refinements compared
+
+
+def old_refine_masks(image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """`refine_masks` before its parameters were chosen on photos (frozen copy, CRF path only)."""
+    import pydensecrf.densecrf as dcrf
+
+    height, width = image.shape[:2]
+    scores = normalise_maps(upsample_maps(maps, height, width))
+    alive = scores.max(axis=(1, 2), initial=0.0) > 0
+    thresholded = scores >= threshold
+    logits = np.where(alive[:, None, None], scores, -np.inf)
+    if not has_background:
+        logits = np.concatenate([logits, np.full((1, height, width), threshold, np.float32)])
+    logits = logits / 0.3
+    logits = logits - logits.max(axis=0, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=0, keepdims=True)
+    n_labels = len(probs)
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs, 1e-8)).reshape(n_labels, -1), np.float32))
+    crf.addPairwiseGaussian(sxy=3, compat=7)
+    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=10)
+    labels = np.asarray(crf.inference(10)).argmax(axis=0).reshape(height, width)
+    masks = labels[None] == np.arange(len(scores))[:, None, None]
+    masks[~alive] = False
+    for k in np.flatnonzero(alive & ~masks.any(axis=(1, 2))):  # the old non-empty fallback
+        masks[k] = thresholded[k]
+        for j in range(len(masks)):
+            if j != k and (masks[j] & ~masks[k]).any():
+                masks[j] &= ~masks[k]
+    return masks
+
+
+def reference_refine_masks(image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """Plain DenseCRF with CutLER's parameters and a binary-stack unary (rest label 0.4); `threshold` unused."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    height, width = image.shape[:2]
+    probs = normalise_maps(upsample_maps(maps, height, width))
+    if not has_background:
+        probs = np.concatenate([probs, np.full((1, height, width), REFERENCE_REST, np.float32)])
+    crf = dcrf.DenseCRF2D(width, height, len(probs))
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=3, compat=7)
+    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=10)
+    labels = np.asarray(crf.inference(10)).argmax(axis=0).reshape(height, width)
+    return labels[None] == np.arange(len(maps))[:, None, None]
+
+
+def new_refine_masks(image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """`refine_masks` as it is now."""
+    return refine_masks(image, maps, threshold, use_crf=True, has_background=has_background)
+
+
+def thresholded_masks(image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """The masks before refinement: `refine_masks(..., use_crf=False)`."""
+    return refine_masks(image, maps, threshold, use_crf=False, has_background=has_background)
+
+
+REFINERS: dict[str, Refiner] = {
+    "before": thresholded_masks,
+    "old": old_refine_masks,
+    "reference": reference_refine_masks,
+    "new": new_refine_masks,
+}
+
+# name: (constants of conceptforge.engine.masks to patch, keyword arguments of refine_masks)
+ABLATIONS: dict[str, tuple[dict[str, float], dict[str, int]]] = {
+    "without the colour model (COLOUR_WEIGHT 0)": ({"COLOUR_WEIGHT": 0.0}, {}),
+    "probability = map, as CutLER's (UNARY_POWER 1)": ({"UNARY_POWER": 1.0}, {}),
+    "rest score = threshold (REST_FACTOR 1)": ({"REST_FACTOR": 1.0}, {}),
+    "rest score 0.4, CutLER reference's (REST_FACTOR 0.8)": ({"REST_FACTOR": 0.8}, {}),
+    "colour histograms from unsharpened weights (COLOUR_WEIGHT_POWER 1)": ({"COLOUR_WEIGHT_POWER": 1}, {}),
+    "bilateral compat 10, CutLER's (BILATERAL_COMPAT 10)": ({"BILATERAL_COMPAT": 10}, {}),
+    "kernel widths in pixels of the 256 px CRF image, not scaled (REFERENCE_SIDE 256)": ({"REFERENCE_SIDE": 256}, {}),
+    "CRF at the photo's 512 px (CRF_SIDE 512)": ({"CRF_SIDE": 512}, {}),
+    "5 iterations (crf_iterations=5)": ({}, {"crf_iterations": 5}),
+}
+
+
+def ablated_refine_masks(
+    constants: dict[str, float], kwargs: dict[str, int],
+    image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool,
+) -> np.ndarray:
+    """`refine_masks` with some of its module's constants patched and extra keyword arguments."""
+    with contextlib.ExitStack() as stack:
+        for name, value in constants.items():
+            stack.enter_context(mock.patch.object(masks_module, name, value))
+        return refine_masks(image, maps, threshold, use_crf=True, has_background=has_background, **kwargs)
+
+
+for _name, (_constants, _kwargs) in ABLATIONS.items():
+    REFINERS[_name] = functools.partial(ablated_refine_masks, _constants, _kwargs)
+
+
+# --------------------------------------------------------------------------- degradation and data
+
+
+@dataclass(frozen=True)
 class Degradation:
     """How a mask is turned into an attention-like coarse map."""
 
@@ -50,18 +190,21 @@ class Degradation:
         blurred = gaussian_blur(np.asarray(pooled), self.blur_sigma)
         return np.clip(blurred + rng.normal(0.0, self.noise, blurred.shape), 0.0, 1.0).astype(np.float32)
 
+    def label(self) -> str:
+        return f"{self.grid}x{self.grid}, blur {self.blur_sigma:g}, noise {self.noise:g}"
+
 
 @dataclass
-class Result:
-    """Per-concept IoUs of one image, before and after refinement."""
+class Scene:
+    """A photo (or shapes-world image) and its human masks."""
 
     name: str
-    before: list[float]
-    after: list[float]
-    has_background: bool
-    coverage: float
-    seconds: float
-    group: str = ""
+    image: np.ndarray
+    masks: list[np.ndarray]
+
+    @property
+    def has_background(self) -> bool:
+        return float(np.logical_or.reduce(self.masks).mean()) >= FULL_COVERAGE
 
 
 def gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
@@ -76,30 +219,13 @@ def gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
     return np.apply_along_axis(np.convolve, 0, rows, taps, mode="valid")
 
 
-def measure(
-    name: str, image: np.ndarray, masks: list[np.ndarray], degradation: Degradation, threshold: float,
-    rng: np.random.Generator, group: str = "",
-) -> Result:
-    """Degrade the masks, refine them without and with DenseCRF, and score both against the masks."""
-    coverage = float(np.logical_or.reduce(masks).mean())
-    has_background = coverage >= FULL_COVERAGE
-    maps = np.stack([degradation.apply(m, rng) for m in masks])
-    start = time.perf_counter()
-    before = refine_masks(image, maps, threshold, use_crf=False, has_background=has_background)
-    after = refine_masks(image, maps, threshold, use_crf=True, has_background=has_background)
-    seconds = time.perf_counter() - start
-    return Result(
-        name,
-        [iou(p, m) for p, m in zip(before, masks)],
-        [iou(p, m) for p, m in zip(after, masks)],
-        has_background,
-        coverage,
-        seconds,
-        group,
-    )
+def degraded_maps(scene: Scene, degradation: Degradation, seed: int) -> np.ndarray:
+    """The scene's masks degraded with a noise stream fixed by scene, degradation and seed."""
+    rng = np.random.default_rng(zlib.crc32(repr((scene.name, degradation, seed)).encode()))
+    return np.stack([degradation.apply(m, rng) for m in scene.masks])
 
 
-def load_scene(folder: Path, max_side: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def load_scene(folder: Path, max_side: int) -> Scene:
     """A scene's RGB image (longer side at most max_side) and its human masks at the image's size."""
     with Image.open(folder / "img.jpg") as img:
         img = img.convert("RGB")
@@ -108,7 +234,7 @@ def load_scene(folder: Path, max_side: int) -> tuple[np.ndarray, list[np.ndarray
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
         masks = [resize_mask(m, img.height, img.width) for m in masks]
-    return np.asarray(img), masks
+    return Scene(folder.name, np.asarray(img), masks)
 
 
 def _mask_number(path: Path) -> int:
@@ -116,28 +242,89 @@ def _mask_number(path: Path) -> int:
     return int(path.stem.removeprefix("mask"))
 
 
-def real_results(data: Path, max_side: int, degradation: Degradation, threshold: float, seed: int) -> list[Result]:
-    """One result per scene folder of `data` (folders with an img.jpg)."""
-    rng = np.random.default_rng(seed)
+def load_photos(data: Path, max_side: int) -> list[Scene]:
+    """Every scene folder of `data` (folders with an img.jpg), in name order."""
     scenes = sorted(p for p in data.iterdir() if (p / "img.jpg").is_file())
     if not scenes:
         raise SystemExit(f"no scenes (folders with img.jpg) in {data}")
-    return [measure(p.name, *load_scene(p, max_side), degradation, threshold, rng) for p in scenes]
+    return [load_scene(p, max_side) for p in scenes]
 
 
-def shapes_results(seeds: range, degradation: Degradation, threshold: float, seed: int) -> list[Result]:
-    """One result per shapes-world scene, objects only (has_background=False)."""
+def shapes_scenes(seeds: range) -> list[Scene]:
+    """Shapes-world scenes, objects only."""
     from conceptforge.shapes.world import sample_scene
 
-    rng = np.random.default_rng(seed)
-    results = []
+    out = []
     for s in seeds:
         scene = sample_scene(s)
-        image = np.asarray(scene.image.convert("RGB"))
-        flat = scene.background_second is None and all(o.second_color is None for o in scene.objects)
-        masks = [o.mask for o in scene.objects]
-        results.append(measure(f"seed {s}", image, masks, degradation, threshold, rng, "flat" if flat else "two-tone"))
-    return results
+        out.append(Scene(f"seed {s}", np.asarray(scene.image.convert("RGB")), [o.mask for o in scene.objects]))
+    return out
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def measure(
+    scenes: list[Scene], degradations: list[Degradation], seeds: list[int], threshold: float, methods: list[str]
+) -> dict[tuple[Degradation, str, str], list[float]]:
+    """Per (degradation, scene, method): the per-concept IoUs, concatenated over noise seeds."""
+    ious: dict[tuple[Degradation, str, str], list[float]] = {}
+    for degradation in degradations:
+        for scene in scenes:
+            for seed in seeds:
+                maps = degraded_maps(scene, degradation, seed)
+                for method in methods:
+                    masks = REFINERS[method](scene.image, maps, threshold, scene.has_background)
+                    key = (degradation, scene.name, method)
+                    ious.setdefault(key, []).extend(iou(p, m) for p, m in zip(masks, scene.masks))
+    return ious
+
+
+def crf_seconds(scenes: list[Scene], threshold: float, repeats: int) -> dict[str, float]:
+    """Median seconds of one CRF refinement per method on the photos with `TIMING_CONCEPTS` concepts."""
+    chosen = [s for s in scenes if len(s.masks) == TIMING_CONCEPTS] or scenes
+    degradation = Degradation()
+    out = {}
+    for method in METHODS:
+        times = []
+        for _ in range(repeats):
+            for scene in chosen:
+                maps = degraded_maps(scene, degradation, 0)
+                start = time.perf_counter()
+                REFINERS[method](scene.image, maps, threshold, scene.has_background)
+                times.append(time.perf_counter() - start)
+        out[method] = statistics.median(times)
+    return out
+
+
+def scale_agreement(scenes: list[Scene], threshold: float, sides: tuple[int, int] = (256, 1024)) -> list[str]:
+    """Markdown rows: per photo, the lowest per-concept IoU between refinements of the same maps at two sizes."""
+    lines = [
+        f"| photo | old: min IoU {sides[0]} vs {sides[1]} px | new: min IoU {sides[0]} vs {sides[1]} px |",
+        "|---|---:|---:|",
+    ]
+    worst = {"old": 1.0, "new": 1.0}
+    for scene in scenes:
+        maps = degraded_maps(scene, Degradation(), 0)
+        cells = []
+        for method in ("old", "new"):
+            small, large = (
+                REFINERS[method](_resized(scene.image, side), maps, threshold, scene.has_background) for side in sides
+            )
+            value = min(iou(a, resize_mask(b, *a.shape)) for a, b in zip(small, large))
+            worst[method] = min(worst[method], value)
+            cells.append(f"{value:.3f}")
+        lines.append(f"| {scene.name} | {' | '.join(cells)} |")
+    lines.append(f"| **lowest** | **{worst['old']:.3f}** | **{worst['new']:.3f}** |")
+    return lines
+
+
+def _resized(image: np.ndarray, side: int) -> np.ndarray:
+    """A square image resized to side×side."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS))
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def _mean(values: list[float]) -> float:
@@ -145,60 +332,90 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def real_table(results: list[Result]) -> list[str]:
-    """Markdown table: per scene mean IoU over its concepts, then the mean over scenes."""
+def _scene_mean(ious, degradation: Degradation, names: list[str], method: str) -> float:
+    """Mean over scenes of each scene's mean IoU over its concepts (and seeds)."""
+    return _mean([_mean(ious[(degradation, n, method)]) for n in names])
+
+
+def summary_table(ious, degradations: list[Degradation], groups: dict[str, list[str]]) -> list[str]:
+    """Markdown: per degradation and photo group, mean IoU of each method and its gain over 'before'."""
     lines = [
-        "| scene | concepts | mask coverage | has_background | IoU before | IoU after | change | seconds |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| maps | photos | before | old | reference | new | gain old | gain reference | gain new | new - reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        b, a = _mean(r.before), _mean(r.after)
-        lines.append(
-            f"| {r.name} | {len(r.before)} | {r.coverage:.2f} | {r.has_background} | {b:.3f} | {a:.3f} "
-            f"| {a - b:+.3f} | {r.seconds:.1f} |"
-        )
-    b = _mean([_mean(r.before) for r in results])
-    a = _mean([_mean(r.after) for r in results])
-    concepts = sum(len(r.before) for r in results)
-    lines.append(f"| **mean over scenes** | {concepts} | | | **{b:.3f}** | **{a:.3f}** | {a - b:+.3f} | |")
+    for degradation in degradations:
+        for group, names in groups.items():
+            v = {m: _scene_mean(ious, degradation, names, m) for m in ("before", *METHODS)}
+            lines.append(
+                f"| {degradation.label()} | {group} | {v['before']:.3f} | {v['old']:.3f} | {v['reference']:.3f} "
+                f"| **{v['new']:.3f}** | {v['old'] - v['before']:+.3f} | {v['reference'] - v['before']:+.3f} "
+                f"| **{v['new'] - v['before']:+.3f}** | {v['new'] - v['reference']:+.3f} |"
+            )
     return lines
 
 
-def shapes_table(results: list[Result]) -> list[str]:
-    """Markdown table: mean IoU over objects, all scenes and split by flat / two-tone scenes."""
-    groups = {
-        "all scenes": results,
-        "flat scenes (single-colour objects and background)": [r for r in results if r.group == "flat"],
-        "two-tone scenes (a two-tone object or background)": [r for r in results if r.group == "two-tone"],
-    }
-    lines = ["| subset | scenes | objects | IoU before | IoU after | change |", "|---|---:|---:|---:|---:|---:|"]
-    for label, group in groups.items():
-        before = [v for r in group for v in r.before]
-        after = [v for r in group for v in r.after]
-        lines.append(
-            f"| {label} | {len(group)} | {len(before)} | {_mean(before):.3f} | {_mean(after):.3f} "
-            f"| {_mean(after) - _mean(before):+.3f} |"
-        )
+def mean_gain_table(ious, degradations: list[Degradation], groups: dict[str, list[str]]) -> list[str]:
+    """Markdown: per grid and photo group, the gain over 'before' averaged over the strengths."""
+    lines = ["| grid | photos | gain old | gain reference | gain new |", "|---|---|---:|---:|---:|"]
+    for grid in sorted({d.grid for d in degradations}):
+        chosen = [d for d in degradations if d.grid == grid]
+        for group, names in groups.items():
+            gains = {
+                m: _mean([_scene_mean(ious, d, names, m) - _scene_mean(ious, d, names, "before") for d in chosen])
+                for m in METHODS
+            }
+            lines.append(
+                f"| {grid}x{grid} | {group} | {gains['old']:+.3f} | {gains['reference']:+.3f} | {gains['new']:+.3f} |"
+            )
     return lines
 
 
-def report(command: str, settings: str, real: list[str], shapes: list[str] | None) -> str:
-    """The results file's Markdown."""
-    parts = [
-        "# DenseCRF refinement of degraded masks",
-        "",
-        f"Produced by `{command}`.",
-        "",
-        settings,
-        "",
-        "## Real photos (Break-a-Scene examples), mean IoU per scene over its concepts",
-        "",
-        *real,
+def per_photo_table(ious, degradations: list[Degradation], scenes: list[Scene]) -> list[str]:
+    """Markdown: one row per degradation and photo, mean IoU over its concepts and the seeds."""
+    lines = ["| maps | photo | set | concepts | before | old | reference | new |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for degradation in degradations:
+        for scene in scenes:
+            group = "tuning" if scene.name in TUNING else "held out"
+            v = {m: _mean(ious[(degradation, scene.name, m)]) for m in ("before", *METHODS)}
+            lines.append(
+                f"| {degradation.label()} | {scene.name} | {group} | {len(scene.masks)} | {v['before']:.3f} "
+                f"| {v['old']:.3f} | {v['reference']:.3f} | {v['new']:.3f} |"
+            )
+    return lines
+
+
+def ablation_table(ious, degradations: list[Degradation], groups: dict[str, list[str]]) -> list[str]:
+    """Markdown: per method, mean IoU over all photos at each degradation, and the mean over degradations
+    of the tuning and of the held-out photos."""
+    heads = [f"{d.grid}: {d.blur_sigma:g}/{d.noise:g}" for d in degradations]
+    lines = [
+        f"| method | {' | '.join(heads)} | tuning, mean | held out, mean |",
+        "|---|" + "---:|" * (len(heads) + 2),
     ]
-    if shapes is not None:
-        title = "## Shapes world, seeds 0-49, objects only (has_background=False), mean IoU over objects"
-        parts += ["", title, "", *shapes]
-    return "\n".join(parts) + "\n"
+    every, tuning, held = groups.values()
+    for method in ("reference", "new", *ABLATIONS):
+        cells = [f"{_scene_mean(ious, d, every, method):.3f}" for d in degradations]
+        for names in (tuning, held):
+            cells.append(f"{_mean([_scene_mean(ious, d, names, method) for d in degradations]):.3f}")
+        label = f"**{method}**" if method == "new" else method
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
+
+
+def shapes_table(ious, degradations: list[Degradation], scenes: list[Scene], methods: list[str]) -> list[str]:
+    """Markdown: per method, mean IoU over all objects of the shapes scenes at each degradation."""
+    lines = [
+        f"| method | {' | '.join(d.label() for d in degradations)} |",
+        "|---|" + "---:|" * len(degradations),
+    ]
+    for method in methods:
+        cells = [f"{_mean([x for s in scenes for x in ious[(d, s.name, method)]]):.3f}" for d in degradations]
+        label = f"**{method}**" if method == "new" else method
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
+
+
+# --------------------------------------------------------------------------- command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -206,30 +423,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of scene folders (img.jpg, mask*.png)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown results file")
     parser.add_argument("--shapes", action="store_true", help="also measure the shapes world, seeds 0-49")
+    parser.add_argument("--ablations", action="store_true", help="also measure variants of the new refinement")
     parser.add_argument("--max-side", type=int, default=512, help="resize photos whose longer side exceeds this")
-    parser.add_argument("--grid", type=int, default=16, help="coarse map resolution")
-    parser.add_argument("--blur", type=float, default=1.0, help="Gaussian blur sigma, in grid cells")
-    parser.add_argument("--noise", type=float, default=0.1, help="std of the additive Gaussian noise")
+    parser.add_argument("--seeds", type=int, default=3, help="noise seeds per photo and degradation")
+    parser.add_argument("--repeats", type=int, default=5, help="timing runs per photo and method")
     parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    degradation = Degradation(args.grid, args.blur, args.noise)
-    settings = (
-        f"Degradation: area pooling to {args.grid}x{args.grid}, Gaussian blur sigma {args.blur} cells, "
-        f"additive noise std {args.noise}, clip to [0, 1], seed {args.seed}. Threshold {args.threshold}. "
-        f"Photos resized so the longer side is at most {args.max_side} px (the examples are 512x512 already). "
-        "'Before' is `refine_masks(..., use_crf=False)`, 'after' is `refine_masks(..., use_crf=True)` "
-        f"(seconds: both calls). A scene gets has_background=True only if its masks cover >= {FULL_COVERAGE:.0%} "
-        "of the image."
-    )
-    real = real_table(real_results(args.data, args.max_side, degradation, args.threshold, args.seed))
-    shapes = shapes_table(shapes_results(range(50), degradation, args.threshold, args.seed)) if args.shapes else None
+    degradations = [Degradation(g, b, n) for g in GRIDS for b, n in STRENGTHS]
+    seeds = list(range(args.seeds))
+    photos = load_photos(args.data, args.max_side)
+    names = [s.name for s in photos]
+    groups = {
+        f"all {len(names)}": names,
+        "tuning": [n for n in names if n in TUNING],
+        "held out": [n for n in names if n not in TUNING],
+    }
+    methods = ["before", *METHODS, *(ABLATIONS if args.ablations else [])]
+    ious = measure(photos, degradations, seeds, args.threshold, methods)
+    seconds = crf_seconds(photos, args.threshold, args.repeats)
+    scale = scale_agreement(photos, args.threshold)
     command = "python " + " ".join(shlex.quote(a) for a in [_display_path(sys.argv[0]), *sys.argv[1:]])
-    text = report(command, settings, real, shapes)
+    if os.environ.get("OMP_NUM_THREADS"):
+        command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
+    parts = [
+        "# DenseCRF refinement of degraded masks",
+        "",
+        f"Produced by `{command}`.",
+        "",
+        f"Degradation of each human mask: area pooling to the grid, Gaussian blur (sigma in grid cells), "
+        f"additive Gaussian noise, clip to [0, 1]; {len(seeds)} noise seeds per photo and degradation. "
+        f"Threshold {args.threshold}. Photos resized so the longer side is at most {args.max_side} px (the "
+        "examples are 512x512). IoU: per photo the mean over its concepts and seeds, then the mean over photos. "
+        "'before' = thresholded upsampled maps; 'old' = the refinement before this tuning (frozen copy in the "
+        "script); 'reference' = plain DenseCRF with CutLER's parameters and a binary-stack unary (rest 0.4) at "
+        "the image's resolution; 'new' = `refine_masks` now. "
+        f"Tuning photos (parameters chosen on these): {', '.join(groups['tuning'])}; held out: "
+        f"{', '.join(groups['held out'])}. A scene gets has_background=True only if its masks cover >= "
+        f"{FULL_COVERAGE:.0%} of the image (none of the photos does).",
+        "",
+        "## Mean IoU per degradation",
+        "",
+        *summary_table(ious, degradations, groups),
+        "",
+        "## Gain over 'before', averaged over the four strengths",
+        "",
+        *mean_gain_table(ious, degradations, groups),
+        "",
+        f"## CRF time per {args.max_side} px photo with {TIMING_CONCEPTS} concepts (one thread)",
+        "",
+        f"Median of {args.repeats} runs on each photo with {TIMING_CONCEPTS} concepts "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); the machine is shared, so single runs vary.",
+        "",
+        "| method | median seconds |",
+        "|---|---:|",
+        *[f"| {m} | {s:.3f} |" for m, s in seconds.items()],
+        "",
+        "## Scale: the same maps refined on the photo resized to 256 and to 1024 px",
+        "",
+        "Maps of the 16x16, blur 1, noise 0.1 degradation (seed 0); the 1024 px masks are resized to 256 px.",
+        "",
+        *scale,
+    ]
+    if args.ablations:
+        parts += [
+            "",
+            "## Ablations: the new refinement with one of its choices undone",
+            "",
+            f"Mean IoU over the {len(names)} photos per degradation (grid: blur/noise), and the mean over the "
+            f"{len(degradations)} degradations of the tuning and of the held-out photos.",
+            "",
+            *ablation_table(ious, degradations, groups),
+        ]
+    if args.shapes:
+        shapes = shapes_scenes(range(50))
+        shape_degradations = [Degradation(16, b, n) for b, n in STRENGTHS]
+        shape_ious = measure(shapes, shape_degradations, seeds, args.threshold, methods)
+        title = "## Shapes world (64 px), seeds 0-49, objects only (has_background=False), mean IoU over objects"
+        parts += ["", title, "", *shapes_table(shape_ious, shape_degradations, shapes, methods)]
+    parts += ["", "## Per photo", "", *per_photo_table(ious, degradations, photos)]
+    text = "\n".join(parts) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

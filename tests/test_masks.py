@@ -92,6 +92,35 @@ def test_threshold_controls_the_coarse_masks() -> None:
     assert low.sum() > high.sum() > 0
 
 
+def test_threshold_controls_the_crf_masks() -> None:
+    image = np.full((SIZE, SIZE, 3), 128, np.uint8)  # no edges: the maps alone decide
+    maps = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (1, 16, 1))
+    low = refine_masks(image, maps, threshold=0.3)
+    high = refine_masks(image, maps, threshold=0.7)
+    assert low.sum() > high.sum() > 0
+
+
+def _degraded(mask: np.ndarray, rng: np.random.Generator, blur: float = 1.5, noise: float = 0.2) -> np.ndarray:
+    """An attention-like 16×16 map of a mask: area pooling, a Gaussian blur of `blur` cells, additive noise."""
+    from scipy.ndimage import gaussian_filter
+
+    pooled = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((16, 16), Image.BOX))
+    return np.clip(gaussian_filter(pooled, blur, mode="nearest") + rng.normal(0.0, noise, pooled.shape), 0.0, 1.0)
+
+
+def test_refine_recovers_shapes_world_objects_from_strongly_degraded_maps() -> None:
+    from conceptforge.shapes.world import sample_scene
+
+    rng = np.random.default_rng(0)
+    ious = []
+    for seed in range(12):
+        scene = sample_scene(seed)
+        truth = [o.mask for o in scene.objects]
+        masks = refine_masks(np.asarray(scene.image.convert("RGB")), np.stack([_degraded(t, rng) for t in truth]))
+        ious += [iou(m, t) for m, t in zip(masks, truth)]
+    assert np.mean(ious) >= 0.95  # without the colour model in the unary: 0.91
+
+
 def test_has_background_labels_every_pixel(scene) -> None:
     image, truth, maps = scene
     background = ~(truth[0] | truth[1])

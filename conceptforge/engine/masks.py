@@ -4,41 +4,38 @@
 concept's coarse map bilinearly to the image, normalise it by its max,
 threshold it, then refine all of an image's maps jointly with a DenseCRF.
 
-Unary construction (decided by measurement with the degradations of
-`benchmarks/crf_real.py`, results in `benchmarks/results/crf_real.md`):
+The CRF (chosen by measurement with `benchmarks/crf_real.py`: human masks of
+the Break-a-Scene photos degraded into attention-like 16x16 and 32x32 maps;
+parameters chosen on 4 of the 7 photos, the other 3 held out; results in
+`benchmarks/results/crf_real.md`):
 
-    scores  s_k = max-normalised upsampled map k      (the K concept labels)
-    rest    s_r = threshold, a constant               (only when has_background is False)
-    unary   U_l = -log softmax(s / UNARY_TEMPERATURE)_l,  UNARY_TEMPERATURE = 0.3
+- Resolution.  The CRF runs on the image area-averaged down to a longer side of
+  at most CRF_SIDE = 256 px (smaller images at their own size), and its label
+  marginals are upsampled bilinearly to the image before the argmax.  Kernel
+  widths are given at REFERENCE_SIDE = 512 px (CutLER's: Gaussian sxy 3,
+  bilateral sxy 50) and scaled to the CRF image's longer side, the Gaussian to
+  at least one pixel.  So a scene gives the same masks at 256 and at 1024 px,
+  and a photo costs the same at any size (about 0.25 s on one core with
+  3 concepts; CutLER's widths at the full 512 px take 0.8 s and do no better).
+- Unary, per pixel, with s_k the max-normalised map of concept k:
 
-A constant rest score equal to the threshold makes the unary's argmax exactly
-the thresholded labelling (a concept wins where its map passes the threshold
-and is the largest; the rest label wins where no map passes), so the CRF starts
-from the masks of `use_crf=False` and `threshold` means the same in both paths.
-Mean IoU before -> after CRF, 2 noise seeds, (16x16 pooling, blur 1 cell,
-noise 0.1) | (blur 1.5 cells, noise 0.2); real = 7 Break-a-Scene photos,
-shapes = shapes-world seeds 0-49:
+      p_k  ∝ s_k ** UNARY_POWER                         (1.5)
+      p_r  ∝ (REST_FACTOR * threshold) ** UNARY_POWER    (0.84; the rest label, only
+                                                          when has_background is False)
+      P_l  ∝ p_l * C_l(colour) ** COLOUR_WEIGHT          (0.5)
 
-    softmax, rest=threshold, T=0.05   real 0.739->0.796, shapes 0.738->0.977
-    softmax, rest=threshold, T=0.1    real 0.739->0.801, shapes 0.738->0.994 | real 0.520->0.606, shapes 0.506->0.854
-    softmax, rest=threshold, T=0.2    real 0.739->0.802, shapes 0.738->0.996 | real 0.520->0.617, shapes 0.506->0.872
-    softmax, rest=threshold, T=0.3    real 0.739->0.801, shapes 0.738->0.996 | real 0.520->0.620, shapes 0.506->0.874
-    softmax, rest=threshold, T=0.5    real 0.739->0.799, shapes 0.738->0.996 | real 0.520->0.621, shapes 0.506->0.864
-    softmax, rest=threshold, T=1.0    real 0.739->0.799, shapes 0.738->0.994
-    softmax, rest=1-max s_k, T=0.3    real 0.739->0.801, shapes 0.738->0.995 | real 0.520->0.614, shapes 0.506->0.871
-    normalised s_k^4 (no softmax)     real 0.739->0.796, shapes 0.738->0.990
-    hard labels, gt_prob 0.6 / 0.95   real 0.739->0.789 / 0.767, shapes 0.738->0.993 / 0.967
+  p normalised over the labels; C_l is label l's colour histogram over the CRF
+  image (16 bins per channel; each pixel counted with p_l ** 2, normalised over
+  the labels; a uniform prior worth 20% of the pixels).  The colour model is
+  what the bilateral kernel alone lacks: on flat colours it decides the
+  boundaries a blurred map leaves open; on photos its prior keeps a small
+  object's histogram from claiming a background of similar colour.
+- Pairwise: CutLER's Gaussian (compat 7) and bilateral (srgb 5) kernels, the
+  bilateral with compat 7 instead of 10; 10 mean-field iterations.
 
-Over 5 noise seeds of the default degradation the temperatures tie on the
-photos (T = 0.1 / 0.2 / 0.3 / 0.5: 0.744 -> 0.799 / 0.798 / 0.797 / 0.795,
-seed-to-seed sd 0.011); the stronger degradation and the shapes world favour
-T around 0.3, so T = 0.3.  The trade-off shows on one photo: a softer unary
-lets the bilateral term pull a low-contrast object into its surroundings
-("bear": the shell on the wooden table, IoU 0.77 at T = 0.1, 0.58 at T = 0.3),
-a sharper one (T <= 0.1, hard labels) lets the CRF fix noisy maps less.  A rest
-score of 1 - max s_k ignores the threshold (its boundary is always at 0.5): it
-scored 0.801 vs 0.786 on the photos at threshold 0.35, but only because this
-degradation puts the true boundary at 0.5; keeping the threshold meaningful won.
+A higher threshold still gives smaller masks: the rest label's score follows it.
+It sits below the threshold because the CRF, pulling ambiguous pixels towards
+the larger surrounding label, shrinks concepts otherwise.
 
 Masks never overlap, except a fallback: when the CRF (or the argmax among
 concepts) leaves a concept with a non-zero map empty, its own thresholded mask
@@ -56,12 +53,20 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-UNARY_TEMPERATURE = 0.3
-GAUSSIAN_SXY = 3
+CRF_SIDE = 256  # the CRF runs on the image shrunk so that its longer side is at most this many pixels
+REFERENCE_SIDE = 512  # the kernel widths below are in pixels of an image whose longer side is this long
+GAUSSIAN_SXY = 3  # scaled by the CRF image's longer side / REFERENCE_SIDE, and never under MIN_GAUSSIAN_SXY
+MIN_GAUSSIAN_SXY = 1.0
 GAUSSIAN_COMPAT = 7
-BILATERAL_SXY = 50
+BILATERAL_SXY = 50  # scaled like GAUSSIAN_SXY
 BILATERAL_SRGB = 5
-BILATERAL_COMPAT = 10
+BILATERAL_COMPAT = 7
+UNARY_POWER = 1.5  # a concept's label probability grows as its map ** UNARY_POWER
+REST_FACTOR = 0.84  # the rest label's score is REST_FACTOR * threshold
+COLOUR_WEIGHT = 0.5  # exponent of the per-image colour model in the unary
+COLOUR_BINS = 16  # per RGB channel
+COLOUR_WEIGHT_POWER = 2  # a pixel counts for a label's colour histogram with its probability ** this, normalised
+COLOUR_PRIOR = 0.2  # every label's histogram starts uniform, with this share of the image's pixels
 _PROB_FLOOR = 1e-8
 
 class MaskSizeError(ValueError):
@@ -94,7 +99,9 @@ def refine_masks(
     alive = scores.max(axis=(1, 2), initial=0.0) > 0
     thresholded = scores >= threshold
     if use_crf and alive.any():
-        labels = _crf_labels(image, _unary_probabilities(scores, alive, threshold, has_background), crf_iterations)
+        live = np.flatnonzero(alive)
+        found = _crf_labels(image, maps[live], threshold, has_background, crf_iterations)
+        labels = np.where(found >= 0, live[np.maximum(found, 0)], -1)
     else:
         labels = _hard_labels(scores, thresholded)
     masks = labels[None] == np.arange(len(scores))[:, None, None]
@@ -136,31 +143,77 @@ def _hard_labels(scores: np.ndarray, thresholded: np.ndarray) -> np.ndarray:
     return np.where(thresholded.any(axis=0), scores.argmax(axis=0), -1)
 
 
-def _unary_probabilities(scores: np.ndarray, alive: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
-    """Label probabilities (L, H, W): softmax of the scores, plus a rest label scored `threshold`."""
-    logits = np.where(alive[:, None, None], scores, -np.inf)
+def _crf_labels(image: np.ndarray, maps: np.ndarray, threshold: float, has_background: bool, iterations: int) -> np.ndarray:
+    """DenseCRF labelling (H, W) of the image from K live maps: the index of a map, or -1 for no concept.
+
+    The CRF runs on the image shrunk to `CRF_SIDE`; its label probabilities are
+    upsampled bilinearly to the image before the argmax."""
+    height, width = image.shape[:2]
+    small = _crf_image(image)
+    scores = normalise_maps(upsample_maps(maps, *small.shape[:2]))
+    q = _mean_field(small, _unary_probabilities(small, scores, threshold, has_background), iterations)
+    if q.shape[1:] != (height, width):
+        q = upsample_maps(q, height, width)
+    labels = q.argmax(axis=0)
+    return np.where(labels < len(maps), labels, -1)
+
+
+def _crf_image(image: np.ndarray) -> np.ndarray:
+    """The image, area-averaged down so that its longer side is at most `CRF_SIDE`."""
+    height, width = image.shape[:2]
+    scale = CRF_SIDE / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
+
+
+def _unary_probabilities(image: np.ndarray, scores: np.ndarray, threshold: float, has_background: bool) -> np.ndarray:
+    """Label probabilities (L, h, w), up to a factor per pixel: the scores to the power `UNARY_POWER`
+    (plus a rest label of constant score `REST_FACTOR * threshold`), normalised, times the
+    image's colour model of each label to the power `COLOUR_WEIGHT`."""
+    probs = scores**UNARY_POWER
     if not has_background:
-        logits = np.concatenate([logits, np.full((1, *scores.shape[1:]), threshold, np.float32)])
-    logits = logits / UNARY_TEMPERATURE
-    logits = logits - logits.max(axis=0, keepdims=True)
-    exp = np.exp(logits)
-    return exp / exp.sum(axis=0, keepdims=True)
+        rest = np.full((1, *scores.shape[1:]), (REST_FACTOR * threshold) ** UNARY_POWER, np.float32)
+        probs = np.concatenate([probs, rest])
+    probs = np.maximum(probs, _PROB_FLOOR)
+    probs /= probs.sum(axis=0, keepdims=True)
+    weights = probs**COLOUR_WEIGHT_POWER
+    return probs * _colour_likelihoods(image, weights / weights.sum(axis=0, keepdims=True)) ** COLOUR_WEIGHT
 
 
-def _crf_labels(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
-    """DenseCRF labelling (H, W) from label probabilities (L, H, W); label K (rest) means no concept."""
+def _colour_likelihoods(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per label and pixel, the likelihood of the pixel's colour under the label's colour
+    histogram (`COLOUR_BINS` per channel), each pixel counted with the label's weight there,
+    on top of a uniform prior worth `COLOUR_PRIOR` of the image's pixels."""
+    bins = (image.astype(np.int64) * COLOUR_BINS) // 256
+    index = ((bins[..., 0] * COLOUR_BINS + bins[..., 1]) * COLOUR_BINS + bins[..., 2]).ravel()
+    prior = COLOUR_PRIOR * index.size / COLOUR_BINS**3
+    out = np.empty_like(weights)
+    for label, weight in enumerate(weights):
+        counts = np.bincount(index, weights=weight.ravel(), minlength=COLOUR_BINS**3) + prior
+        out[label] = (counts / counts.sum())[index].reshape(weight.shape)
+    return out
+
+
+def _mean_field(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
+    """DenseCRF mean-field marginals (L, h, w) of an h×w image from label probabilities (L, h, w);
+    kernel widths scaled from `REFERENCE_SIDE` to the image's longer side."""
     import pydensecrf.densecrf as dcrf
 
     n_labels, height, width = probs.shape
+    scale = max(height, width) / REFERENCE_SIDE
     unary = -np.log(np.maximum(probs, _PROB_FLOOR)).reshape(n_labels, -1)
     crf = dcrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
+    crf.addPairwiseGaussian(sxy=max(GAUSSIAN_SXY * scale, MIN_GAUSSIAN_SXY), compat=GAUSSIAN_COMPAT)
     crf.addPairwiseBilateral(
-        sxy=BILATERAL_SXY, srgb=BILATERAL_SRGB, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=BILATERAL_COMPAT
+        sxy=BILATERAL_SXY * scale,
+        srgb=BILATERAL_SRGB,
+        rgbim=np.require(image, np.uint8, ["C", "W"]),
+        compat=BILATERAL_COMPAT,
     )
-    q = np.asarray(crf.inference(iterations))
-    return q.argmax(axis=0).reshape(height, width)
+    return np.asarray(crf.inference(iterations), np.float32).reshape(n_labels, height, width)
 
 
 def _ensure_non_empty(masks: np.ndarray, thresholded: np.ndarray, alive: np.ndarray) -> np.ndarray:
