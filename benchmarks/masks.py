@@ -264,7 +264,7 @@ def run_mode(root: Path, unit: Unit, overrides: dict, samples: int, steps: int) 
     record = {"unit": unit.id, "seeds": unit.seeds, "run": result["run"], "concepts": concepts,
               "timing": result["timing"], "config": result["config"]}
     if result["config"]["masks"] == "em":
-        record["crf"] = crf_per_estep(project, esteps, result["config"]["threshold"])
+        record["crf"] = crf_per_estep(project, esteps, result["config"]["threshold"], result["config"]["crf_method"])
     if samples:
         pipe, _ = load_concept_pipeline(resolve_source(project.model), project.concepts_dir, pick_device("auto"))
         fid = builtin_fidelity(pipe, builtin_identities(project, run), samples, steps, 5.0, 0)
@@ -294,7 +294,7 @@ def keep_estep(event, out: list[EStep]) -> None:
                      {k: np.array(v, bool) for k, v in r.masks.items()}, refused))
 
 
-def crf_per_estep(project: Project, esteps: list[EStep], threshold: float) -> list[dict]:
+def crf_per_estep(project: Project, esteps: list[EStep], threshold: float, method: str = "photo") -> list[dict]:
     """Per E-step, each concept's IoU with its exact mask four ways: the mask
     the run kept, and the E-step's own soft maps (float, momentum included, as
     passed to `refine_masks`) refined with DenseCRF, with DenseCRF's unary
@@ -314,9 +314,9 @@ def crf_per_estep(project: Project, esteps: list[EStep], threshold: float) -> li
             rgb = np.asarray(open_rgb(project.image_path(entry)).resize((width, height), Image.BICUBIC))
             maps = np.stack([e.soft[(i, t)] for t in tokens])
             has_background = any(c.background for c in entry.concepts)
-            with_crf = refine_masks(rgb, maps, threshold=threshold, use_crf=True, has_background=has_background)
-            unary = refine_masks(rgb, maps, threshold=threshold, use_crf=True, has_background=has_background, crf_iterations=0)
-            without = refine_masks(rgb, maps, threshold=threshold, use_crf=False, has_background=has_background)
+            with_crf = refine_masks(rgb, maps, threshold=threshold, use_crf=True, has_background=has_background, method=method)
+            unary = refine_masks(rgb, maps, threshold=threshold, use_crf=True, has_background=has_background, crf_iterations=0, method=method)
+            without = refine_masks(rgb, maps, threshold=threshold, use_crf=False, has_background=has_background, method=method)
             for k, c in enumerate(entry.concepts):
                 gt = resize_mask(open_mask(project.gt_mask_path(c)), height, width)
                 kept = e.masks[(i, c.token)]

@@ -23,6 +23,7 @@ Optimizer = Literal["adamw", "adamw8bit"]
 Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
 Objective = Literal["reference", "area"]
 AttentionSource = Literal["pass", "harvest"]
+CrfMethod = Literal["photo", "flat"]
 
 MAX_STEPS = 1_000_000
 
@@ -55,6 +56,7 @@ class LearnConfig(BaseModel):
     mask_t_max: int = Field(ge=0, le=100_000)
     threshold: float = Field(gt=0, lt=1)
     crf: bool
+    crf_method: CrfMethod = Field(description="photo: DenseCRF chosen on real photographs; flat: tuned on the built-in world")
     em_warmup: int | None = Field(default=None, ge=0, le=MAX_STEPS, description="M-steps before the second E-step; None: estep_warmup_fraction of em_steps")
     mask_every: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="steps between E-steps; None: estep_every_fraction of em_steps")
     estep_warmup_fraction: float = Field(ge=0, le=1)
@@ -153,6 +155,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "mask_t_max": (800, 800),
     "threshold": (0.5, 0.5),
     "crf": (True, True),
+    # photo: kernels relative to the image, chosen on the Break-a-Scene photos (benchmarks/results/
+    # crf_real.md); flat: the refinement every built-in figure was measured with (64 px flat colours)
+    "crf_method": ("photo", "flat"),
     "em_warmup": (None, None),
     "mask_every": (None, None),
     # 50 and 25 of the SD's 400 steps / the built-in 200 steps: the schedule follows the budget

@@ -129,7 +129,11 @@ class MaskEstimator:
             if cfg.masks == "given":
                 new = [given_mask(data, k) for k in range(len(data.tokens))]
             else:
-                new = list(mask_ops.refine_masks(data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background))
+                new = list(
+                    mask_ops.refine_masks(
+                        data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
+                    )
+                )
             mine[i] = (maps, new)
         self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
