@@ -201,6 +201,8 @@ def sd_project(root: Path) -> Path:
 
 def sd_worker(device: str, phase: str, checkpointing: bool, precision: str, optimizer: str = "adamw", estep: bool = False) -> dict:
     """One Trainer.train_step (and optionally one E-step) with SD 1.5's configuration at 512 px."""
+    import torch
+
     from conceptforge.engine.config import resolve_config
     from conceptforge.engine.learn import build_trainer
     from conceptforge.project import Project
