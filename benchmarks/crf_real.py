@@ -153,6 +153,7 @@ ABLATIONS: dict[str, tuple[dict[str, float], dict[str, int]]] = {
     "colour histograms from unsharpened weights (COLOUR_WEIGHT_POWER 1)": ({"COLOUR_WEIGHT_POWER": 1}, {}),
     "bilateral compat 10, CutLER's (BILATERAL_COMPAT 10)": ({"BILATERAL_COMPAT": 10}, {}),
     "kernel widths in pixels of the 256 px CRF image, not scaled (REFERENCE_SIDE 256)": ({"REFERENCE_SIDE": 256}, {}),
+    "bilateral width not kept at 16 px or more on small images (MIN_BILATERAL_SXY 0)": ({"MIN_BILATERAL_SXY": 0.0}, {}),
     "CRF at the photo's 512 px (CRF_SIDE 512)": ({"CRF_SIDE": 512}, {}),
     "5 iterations (crf_iterations=5)": ({}, {"crf_iterations": 5}),
 }

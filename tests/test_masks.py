@@ -100,7 +100,7 @@ def test_threshold_controls_the_crf_masks() -> None:
     assert low.sum() > high.sum() > 0
 
 
-def _degraded(mask: np.ndarray, rng: np.random.Generator, blur: float = 1.5, noise: float = 0.2) -> np.ndarray:
+def _degraded(mask: np.ndarray, rng: np.random.Generator, blur: float = 2.0, noise: float = 0.2) -> np.ndarray:
     """An attention-like 16×16 map of a mask: area pooling, a Gaussian blur of `blur` cells, additive noise."""
     from scipy.ndimage import gaussian_filter
 
@@ -118,7 +118,7 @@ def test_refine_recovers_shapes_world_objects_from_strongly_degraded_maps() -> N
         truth = [o.mask for o in scene.objects]
         masks = refine_masks(np.asarray(scene.image.convert("RGB")), np.stack([_degraded(t, rng) for t in truth]))
         ious += [iou(m, t) for m, t in zip(masks, truth)]
-    assert np.mean(ious) >= 0.95  # without the colour model in the unary: 0.91
+    assert np.mean(ious) >= 0.9  # without the colour model in the unary 0.81, without the 16 px bilateral floor 0.89
 
 
 def test_has_background_labels_every_pixel(scene) -> None:
