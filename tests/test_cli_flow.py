@@ -103,6 +103,7 @@ def test_evaluate_reports_iou_per_estep(tmp_path, tiny_model, scene_files):
         assert c["steps"][0] == 0 and len(c["steps"]) == len(c["iou"]) >= 2
         assert all(0.0 <= v <= 1.0 for v in c["iou"])
     assert "clip" in result["skipped"]  # no local CLIP weights for a non-built-in model
+    assert "lpips" not in result["skipped"]  # diversity is the pixel measure, no LPIPS is named
     assert min(Image.open(plot).size) >= 300  # a readable plot
 
 
