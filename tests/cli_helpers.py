@@ -40,3 +40,17 @@ def make_project(root: Path, model: Path, files: dict[str, Path]) -> Path:
     data["settings"] = dict(FAST_SETTINGS)
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     return proj
+
+
+def learned_project(root: Path, model: Path) -> Path:
+    """A project of two drawn scenes learned once (2 EM + 2 joint steps, LoRA)."""
+    from conftest import draw_scene
+
+    src = root / "src"
+    src.mkdir()
+    a, (a0, a1) = draw_scene(src / "first.png", 1)
+    b, _ = draw_scene(src / "second.png", 2)
+    proj = make_project(root, model, {"a": a, "a0": a0, "a1": a1, "b": b})
+    r = cf("learn", proj, "--em-steps", "2", "--joint-steps", "2", "-q")
+    assert r.exit_code == 0, r.output
+    return proj

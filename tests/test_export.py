@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cli_helpers import cf, make_project, tree_digest
-from conftest import draw_scene
+from cli_helpers import cf, learned_project, make_project, tree_digest
 
 KOHYA_KEY = re.compile(r"^lora_unet_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
 TOKENS = ("v1", "v2", "v3")
@@ -21,15 +20,7 @@ TOKENS = ("v1", "v2", "v3")
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory, tiny_model):
     """One project learned once (2 EM + 2 joint steps) for every test of this module."""
-    root = tmp_path_factory.mktemp("export")
-    src = root / "src"
-    src.mkdir()
-    a, (a0, a1) = draw_scene(src / "first.png", 1)
-    b, _ = draw_scene(src / "second.png", 2)
-    proj = make_project(root, tiny_model, {"a": a, "a0": a0, "a1": a1, "b": b})
-    r = cf("learn", proj, "--em-steps", "2", "--joint-steps", "2", "-q")
-    assert r.exit_code == 0, r.output
-    return proj
+    return learned_project(tmp_path_factory.mktemp("export"), tiny_model)
 
 
 def _export(proj, fmt, out):

@@ -23,8 +23,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from cli_helpers import FAST_SETTINGS, cf, make_project, tree_digest
-from conftest import draw_scene
+from cli_helpers import FAST_SETTINGS, cf, learned_project, tree_digest
 
 CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Interrupt)\b:")
 LIBRARY_NOTICE = "[transformers]"  # an import-time notice of transformers, which `conceptforge` (cli.main.run) silences
@@ -33,15 +32,7 @@ LIBRARY_NOTICE = "[transformers]"  # an import-time notice of transformers, whic
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory, tiny_model) -> Path:
     """One project learned once (2 EM + 2 joint steps, LoRA); every case works on a copy."""
-    root = tmp_path_factory.mktemp("hostile")
-    src = root / "src"
-    src.mkdir()
-    a, (a0, a1) = draw_scene(src / "first.png", 1)
-    b, _ = draw_scene(src / "second.png", 2)
-    proj = make_project(root, tiny_model, {"a": a, "a0": a0, "a1": a1, "b": b})
-    r = cf("learn", proj, "--em-steps", "2", "--joint-steps", "2", "-q")
-    assert r.exit_code == 0, r.output
-    return proj
+    return learned_project(tmp_path_factory.mktemp("hostile"), tiny_model)
 
 
 # --------------------------------------------------------------------------- damage
