@@ -1,0 +1,432 @@
+"""Propose the concepts of an image without being told how many or where.
+
+The way ConceptExpress finds concepts (clusters of the UNet's self-attention),
+ending in the per-concept masks the learner uses:
+
+1. Features.  The image is encoded, noised at a few timesteps (a fixed seed)
+   and passed through the UNet with an empty prompt; the self-attention
+   probabilities of the layers at the cross-attention capture resolution
+   (16x16 for SD at 512 px and for the built-in model) are averaged over
+   heads, layers and timesteps: row i of the (N, N) matrix is where position
+   i looks.
+2. Clusters.  Agglomerative clustering (average linkage) of the rows by their
+   Jensen-Shannon distance, cut where the merge distance exceeds
+   `merge_distance` (the model-selection rule: the number of clusters follows
+   from the cut, never from the user), then each cluster's soft map is its
+   members' attention (the cluster propagated once through the self-attention).
+3. Masks.  The soft maps are refined jointly by `masks.refine_masks` (threshold
+   + DenseCRF, every cluster a label, so the masks tile the image).
+4. Background.  A cluster owning at least `background_border` of the image's
+   border pixels is background (two-tone backgrounds give two such clusters;
+   they are merged); when none does, the one owning most of the border is.
+5. Proposals.  Object clusters under `min_area` of the image are dropped, the
+   rest are kept largest first, at most `max_concepts`.
+6. Init words.  Each candidate word of the model's vocabulary is put in a
+   prompt of the model's grammar; its cross-attention (same timesteps) is
+   compared with each region: the word whose min-max normalised map is highest
+   inside the region relative to outside it is suggested.
+
+Deterministic for a seed: same image, model and settings give the same bits.
+Writes nothing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from . import masks as mask_ops
+from .attention import cross_attention_factors
+
+# nouns tried as init words for SD-family models (those the tokenizer has as one token are kept)
+SD_CANDIDATE_WORDS: tuple[str, ...] = (
+    "person", "man", "woman", "child", "boy", "girl", "baby", "face", "dog", "cat", "bird", "horse", "cow", "sheep",
+    "fish", "bear", "toy", "teddy", "doll", "ball", "car", "bike", "bus", "boat", "plane", "train", "chair", "table",
+    "sofa", "bed", "lamp", "cup", "mug", "bottle", "bowl", "vase", "plant", "flower", "tree", "book", "bag", "hat",
+    "shoe", "shirt", "dress", "phone", "computer", "clock", "house", "building", "door", "window", "sign", "food",
+    "cake", "fruit", "apple", "banana", "sculpture", "statue", "robot", "box", "candle", "guitar", "backpack",
+)
+BACKGROUND_WORD = "background"
+
+
+@dataclass
+class DiscoverSettings:
+    """How concepts are proposed; defaults chosen on development scenes (benchmarks/discover.py)."""
+
+    seed: int = 0
+    timesteps: int = 8  # noise levels the features are averaged over
+    t_min: int = 50
+    t_max: int = 400
+    sharpness: float = 1.0  # self-attention temperature: logits scaled to this standard deviation before the softmax
+    merge_distance: float = 0.5  # agglomerative cut: Jensen-Shannon distance (0..1) between attention rows
+    min_area: float = 0.01  # an object proposal covers at least this share of the image
+    background_border: float = 0.25  # a cluster owning this share of the border pixels is background
+    max_concepts: int = 8
+    threshold: float = 0.5
+    crf: bool = True
+    crf_method: str = "photo"
+    words_per_prompt: int = 1  # candidate words named in one prompt (SD: several)
+
+
+@dataclass
+class Proposal:
+    """One proposed concept: its mask at the image's resolution and a suggested init word."""
+
+    mask: np.ndarray  # H x W bool
+    area: float  # share of the image
+    init: str | None
+    init_score: float
+    background: bool = False
+
+
+@dataclass
+class Discovery:
+    """What `discover_concepts` found in one image."""
+
+    objects: list[Proposal]
+    background: Proposal | None
+    clusters: int  # clusters before background/size rules
+    dropped_small: int = 0
+    dropped_cap: int = 0
+    labels: np.ndarray | None = None  # att x att cluster labels
+    rgb: np.ndarray | None = None  # the image at the model's resolution
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def proposals(self) -> list[Proposal]:
+        """Objects, then the background (when there is one)."""
+        return self.objects + ([self.background] if self.background is not None else [])
+
+
+# -- self-attention capture ------------------------------------------------------------
+class SelfAttentionStore:
+    """Sum of the heads-averaged self-attention probabilities of the captured layers."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # (N, N)
+        self.count = 0
+
+    def record(self, probs: torch.Tensor) -> None:
+        """probs: (B, heads, N, N); every row of the batch counts once."""
+        summed = probs.float().mean(dim=1).sum(dim=0)
+        self.total = summed if self.total is None else self.total + summed
+        self.count += probs.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise RuntimeError("no self-attention was captured")
+        return self.total / self.count
+
+
+class SelfAttnCapture:
+    """Stock SDPA attention plus a record of the self-attention probabilities."""
+
+    def __init__(self, store: SelfAttentionStore) -> None:
+        self.store = store
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if encoder_hidden_states is None:
+            self.store.record(self_attention_logits(attn, hidden_states, temb))
+        return out
+
+
+def self_attention_logits(attn, hidden_states: torch.Tensor, temb) -> torch.Tensor:
+    """The attention logits QK^T / sqrt(d) of a self-attention layer as (B, heads, N, N)."""
+    import math
+
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        b, c, h, w = hidden_states.shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    b = query.shape[0]
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(head_dim)
+
+
+def self_attention_layers(unet, factor: int) -> list[str]:
+    """Processor names of the self-attention layers beside the cross-attention layers of one factor."""
+    names = set(unet.attn_processors)
+    paired = [n.replace("attn2.processor", "attn1.processor") for n, f in cross_attention_factors(unet).items() if f == factor]
+    return [n for n in paired if n in names]
+
+
+@contextmanager
+def capture_self_attention(unet, factor: int) -> Iterator[SelfAttentionStore]:
+    """Self-attention capture at one factor for the duration of a block."""
+    original = dict(unet.attn_processors)
+    chosen = set(self_attention_layers(unet, factor))
+    if not chosen:
+        raise ValueError("the UNet has no self-attention layers at the capture resolution")
+    store = SelfAttentionStore()
+    processor = SelfAttnCapture(store)
+    unet.set_attn_processor({n: (processor if n in chosen else p) for n, p in original.items()})
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)
+
+
+# -- clustering ------------------------------------------------------------------------------
+def js_distances(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Condensed pairwise Jensen-Shannon distances (base 2, in [0, 1]) between probability rows."""
+    from scipy.spatial.distance import squareform
+
+    p = np.clip(rows.astype(np.float64), 1e-12, None)
+    p /= p.sum(axis=1, keepdims=True)
+    plogp = (p * np.log2(p)).sum(axis=1)
+    n = len(p)
+    full = np.zeros((n, n))
+    for start in range(0, n, chunk):
+        a = p[start : start + chunk, None, :]
+        m = (a + p[None, :, :]) / 2
+        cross = (m * np.log2(m)).sum(axis=2)  # -H(m)
+        full[start : start + chunk] = 0.5 * (plogp[start : start + chunk, None] + plogp[None, :]) - cross
+    full = np.sqrt(np.clip((full + full.T) / 2, 0.0, 1.0))
+    np.fill_diagonal(full, 0.0)
+    return squareform(full, checks=False)
+
+
+def cluster_rows(rows: np.ndarray, merge_distance: float) -> np.ndarray:
+    """Labels 0..C-1 of an agglomerative (average-linkage) clustering cut at `merge_distance`,
+    numbered by first appearance in raster order."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(rows) < 2:
+        return np.zeros(len(rows), dtype=np.int64)
+    tree = linkage(js_distances(rows), method="average")
+    raw = fcluster(tree, t=merge_distance, criterion="distance")
+    _, first = np.unique(raw, return_index=True)
+    order = {int(raw[i]): n for n, i in enumerate(sorted(first))}
+    return np.array([order[int(r)] for r in raw], dtype=np.int64)
+
+
+def cluster_maps(affinity: np.ndarray, labels: np.ndarray, side: int) -> np.ndarray:
+    """Soft map per cluster (C, side, side): the cluster's one-hot propagated through the attention, min-max normalised."""
+    onehot = (labels[None, :] == np.arange(labels.max() + 1)[:, None]).astype(np.float64)
+    soft = onehot @ affinity.T  # how much each position attends to the cluster
+    soft = soft.reshape(-1, side, side)
+    lo = soft.min(axis=(1, 2), keepdims=True)
+    hi = soft.max(axis=(1, 2), keepdims=True)
+    return ((soft - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+
+
+def border_shares(masks: np.ndarray) -> np.ndarray:
+    """Share of the image's border pixels each mask (K, H, W) owns."""
+    border = np.zeros(masks.shape[1:], dtype=bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    return masks[:, border].sum(axis=1) / border.sum()
+
+
+def split_background(masks: np.ndarray, share: float) -> tuple[list[int], list[int]]:
+    """(background indices, object indices): masks owning at least `share` of the border, else the one owning most."""
+    shares = border_shares(masks)
+    back = [k for k in range(len(masks)) if shares[k] >= share and masks[k].any()]
+    if not back and len(masks):
+        back = [int(np.argmax(shares))]
+    return back, [k for k in range(len(masks)) if k not in back]
+
+
+# -- the model passes ---------------------------------------------------------------------
+def candidate_words(tokenizer, is_builtin: bool) -> list[str]:
+    """Init-word candidates the tokenizer has as one token: the built-in world's object nouns, or common nouns (SD)."""
+    if is_builtin:
+        from ..shapes.world import GENERIC_NOUNS, SHAPES
+
+        words = list(SHAPES) + list(GENERIC_NOUNS)
+    else:
+        words = list(SD_CANDIDATE_WORDS)
+    return [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+
+
+def word_prompts(words: list[str], per_prompt: int, is_builtin: bool) -> list[tuple[str, list[str]]]:
+    """Prompts naming the candidate words (and "background"), in the model's grammar."""
+    from .prompts import training_prompt
+
+    out = []
+    for start in range(0, len(words), per_prompt):
+        group = words[start : start + per_prompt]
+        named = group + [BACKGROUND_WORD]
+        out.append((training_prompt(named, [False] * len(group) + [True], is_builtin), named))
+    return out
+
+
+def word_positions(tokenizer, prompt: str, words: list[str]) -> list[int]:
+    """Position of each word's (first) token in the padded prompt."""
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    out, start = [], 0
+    for w in words:
+        wid = tokenizer(w, add_special_tokens=False).input_ids[0]
+        pos = ids.index(wid, start)
+        out.append(pos)
+        start = pos + 1
+    return out
+
+
+def encode_prompt(model, prompt: str):
+    """The UNet conditioning of one plain prompt (batch 1), for either family."""
+    from .data import Conditioning, Prompts
+
+    prompts = Prompts(model)
+    if model.text_encoder_2 is not None:
+        return prompts._encode_xl(prompts.ids(prompt), prompts.ids(prompt, model.tokenizer_2))
+    return Conditioning(model.text_encoder(prompts.ids(prompt).to(model.device))[0])
+
+
+def _draws(settings: DiscoverSettings, latent_shape: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (timestep, noise) pairs every pass uses: evenly spaced timesteps, seeded noise."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    ts = np.linspace(settings.t_min, settings.t_max, settings.timesteps).round().astype(np.int64)
+    return [(torch.tensor([int(t)]), torch.randn(latent_shape, generator=gen)) for t in ts]
+
+
+@torch.no_grad()
+def attention_logits(model, latents: torch.Tensor, draws, factor: int) -> np.ndarray:
+    """Mean self-attention logits (N, N) at one factor over heads, layers and the draws, with the empty prompt."""
+    cond = encode_prompt(model, "")
+    t = torch.cat([d[0] for d in draws]).to(model.device)
+    noise = torch.cat([d[1] for d in draws]).to(model.device)
+    zt = model.scheduler.add_noise(latents.expand(len(draws), -1, -1, -1), noise, t)
+    with capture_self_attention(model.unet, factor) as store, model.autocast():
+        model.unet(zt, t, **cond.expand(len(draws)).unet_kwargs())
+    return store.mean().cpu().numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def word_attention(model, latents: torch.Tensor, draws, prompts: list[tuple[str, list[str]]]) -> dict[str, np.ndarray]:
+    """Each named word's mean cross-attention map (att, att), min-max normalised, over the draws (averaged over prompts)."""
+    t = torch.cat([d[0] for d in draws]).to(model.device)
+    noise = torch.cat([d[1] for d in draws]).to(model.device)
+    zt = model.scheduler.add_noise(latents.expand(len(draws), -1, -1, -1), noise, t)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for prompt, words in prompts:
+        cond = encode_prompt(model, prompt)
+        positions = torch.tensor([word_positions(model.tokenizer, prompt, words)])
+        model.store.reset()
+        model.store.token_index = positions.expand(len(draws), -1)
+        try:
+            with model.autocast():
+                model.unet(zt, t, **cond.expand(len(draws)).unet_kwargs())
+            maps = model.store.mean_maps(model.att, model.att).float().mean(dim=0).cpu().numpy()
+        finally:
+            model.store.token_index = None
+        for w, m in zip(words, maps):
+            sums[w] = sums.get(w, 0) + m
+            counts[w] = counts.get(w, 0) + 1
+    out = {}
+    for w, total in sums.items():
+        m = total / counts[w]
+        out[w] = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
+    return out
+
+
+def suggest_word(region: np.ndarray, maps: dict[str, np.ndarray], words: list[str]) -> tuple[str | None, float]:
+    """The word whose map is highest inside a region (bool, the maps' size) relative to outside it."""
+    best, score = None, -np.inf
+    if not region.any() or region.all():
+        return None, 0.0
+    for w in words:
+        m = maps.get(w)
+        if m is None:
+            continue
+        s = float(m[region].mean() - m[~region].mean())
+        if s > score:
+            best, score = w, s
+    return best, (score if best is not None else 0.0)
+
+
+def affinity_from_logits(logits: np.ndarray, sharpness: float) -> np.ndarray:
+    """Row-stochastic attention (N, N) from mean logits, at a temperature that gives the
+    logits a standard deviation of `sharpness` (a model's raw logits can be nearly flat)."""
+    centred = logits - logits.mean(axis=1, keepdims=True)
+    scale = sharpness / max(float(centred.std()), 1e-12)
+    z = centred * scale
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Segmentation:
+    """The model-free half of a discovery: cluster masks sorted into background and objects."""
+
+    masks: np.ndarray  # (C, S, S) bool, one per cluster, tiling the image
+    background: list[int]
+    objects: list[int]  # kept, largest first
+    small: list[int]
+    capped: list[int]
+    labels: np.ndarray  # (side, side)
+
+
+def segment(rgb: np.ndarray, logits: np.ndarray, settings: DiscoverSettings) -> Segmentation:
+    """Cluster the self-attention of an image and refine the clusters into masks (no model needed)."""
+    side = int(round(np.sqrt(len(logits))))
+    affinity = affinity_from_logits(logits, settings.sharpness)
+    labels = cluster_rows(affinity, settings.merge_distance)
+    masks = mask_ops.refine_masks(
+        rgb, cluster_maps(affinity, labels, side), threshold=settings.threshold, use_crf=settings.crf,
+        has_background=True, method=settings.crf_method,
+    )
+    back, objects = split_background(masks, settings.background_border)
+    small = [k for k in objects if masks[k].mean() < settings.min_area]
+    objects = sorted((k for k in objects if k not in small and masks[k].any()), key=lambda k: -int(masks[k].sum()))
+    cap = settings.max_concepts
+    return Segmentation(masks, back, objects[:cap], small, objects[cap:], labels.reshape(side, side))
+
+
+# -- the whole proposal ----------------------------------------------------------------------------
+def image_features(model, rgb: np.ndarray, settings: DiscoverSettings) -> tuple[torch.Tensor, list, np.ndarray]:
+    """The image's latents, the seeded (timestep, noise) draws and the mean self-attention logits."""
+    from .attention import capture_factor
+    from .data import encode_image
+
+    latents = encode_image(model, rgb)
+    factor = capture_factor(model.unet, model.latent, model.att)
+    draws = _draws(settings, tuple(latents.shape))
+    return latents, draws, attention_logits(model, latents, draws, factor)
+
+
+def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, original_size: tuple[int, int] | None = None) -> Discovery:
+    """Propose the concepts of one image (S x S x 3 uint8 at the model's resolution).
+
+    `model` is a ModelBundle (bundle_from_pipeline, no concept tokens needed).
+    Masks come back at `original_size` (width, height) when given, else S x S."""
+    import time
+
+    started = time.perf_counter()
+    latents, draws, logits = image_features(model, rgb, settings)
+    features_s = time.perf_counter() - started
+    seg = segment(rgb, logits, settings)
+    cluster_s = time.perf_counter() - started - features_s
+    words = candidate_words(model.tokenizer, model.is_builtin)
+    maps = word_attention(model, latents, draws, word_prompts(words, settings.words_per_prompt, model.is_builtin))
+    full_maps = dict(zip(maps, mask_ops.upsample_maps(np.stack(list(maps.values())), rgb.shape[0], rgb.shape[1])))
+    size = (rgb.shape[1], rgb.shape[0]) if original_size is None else original_size
+
+    def proposal(mask: np.ndarray, background: bool) -> Proposal:
+        word, score = suggest_word(mask, full_maps, [BACKGROUND_WORD] if background else words)
+        full = mask_ops.resize_mask(mask, size[1], size[0]) if mask.shape != (size[1], size[0]) else mask
+        return Proposal(mask=full, area=float(full.mean()), init=word, init_score=score, background=background)
+
+    background = proposal(seg.masks[seg.background].any(axis=0), True) if seg.background else None
+    found = [proposal(seg.masks[k], False) for k in seg.objects]
+    timings = {"features_s": features_s, "cluster_s": cluster_s, "total_s": time.perf_counter() - started}
+    clusters = int(seg.labels.max()) + 1
+    return Discovery(found, background, clusters, len(seg.small), len(seg.capped), seg.labels, rgb, timings)
