@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import concepts, evaluate, export, generate, init, learn, masks, report, vocab
+from . import concepts, discover, evaluate, export, generate, init, learn, masks, report, vocab
 from .common import Command, Group, app_options
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command("add-concept", cls=Command)(concepts.add_concept_command)
 app.command("concepts", cls=Command)(concepts.list_command)
 app.command("remove-concept", cls=Command)(concepts.remove_concept_command)
 app.command("vocab", cls=Command)(vocab.vocab_command)
+app.command("discover", cls=Command)(discover.discover_command)
 app.command("learn", cls=Command)(learn.learn_command)
 app.command("masks", cls=Command)(masks.masks_command)
 app.command("generate", cls=Command)(generate.generate_command)

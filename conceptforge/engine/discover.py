@@ -430,3 +430,91 @@ def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, origin
     timings = {"features_s": features_s, "cluster_s": cluster_s, "total_s": time.perf_counter() - started}
     clusters = int(seg.labels.max()) + 1
     return Discovery(found, background, clusters, len(seg.small), len(seg.capped), seg.labels, rgb, timings)
+
+
+# -- a project's model, settings and outputs ---------------------------------------------------------
+def settings_for(cfg, is_builtin: bool, **overrides) -> DiscoverSettings:
+    """Discovery settings following a project's resolved learn settings (its CRF, threshold, seed)."""
+    base = dict(seed=cfg.seed, threshold=cfg.threshold, crf=cfg.crf, crf_method=cfg.crf_method, words_per_prompt=1 if is_builtin else 8)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return DiscoverSettings(**base)
+
+
+def load_project_model(project, device: str = "auto", pipeline=None):
+    """(ModelBundle without concept tokens, resolved LearnConfig) of a project's model, loaded as `learn` loads it."""
+    from .backbone import load_pipeline, pick_device, resolve_source
+    from .bundle import bundle_from_pipeline
+    from .config import resolve_config
+
+    source = resolve_source(project.model, project.model_config, base=project.root)
+    cfg = resolve_config(source.is_builtin, project.settings, {})
+    torch_device = pick_device(device)
+    pipe = pipeline if pipeline is not None else load_pipeline(source)
+    return bundle_from_pipeline(pipe, source.is_builtin, [], {}, cfg, torch_device), cfg
+
+
+def model_rgb(image, size: int) -> np.ndarray:
+    """A PIL image at the model's resolution as S x S x 3 uint8 (as the learner prepares it)."""
+    from PIL import Image
+
+    return np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC))
+
+
+def proposal_picture(image, discovery: Discovery, side: int = 384):
+    """The image beside the same image with every proposal tinted and numbered (background grey)."""
+    from PIL import Image, ImageDraw
+
+    from .pictures import PALETTE, fit, overlay
+
+    shown = fit(image.convert("RGB"), side)
+    masks = [p.mask for p in discovery.objects]
+    tinted = overlay(shown, masks, alpha=0.55)
+    if discovery.background is not None:
+        back = np.asarray(Image.fromarray(discovery.background.mask.astype(np.uint8) * 255).resize(shown.size, Image.NEAREST)) > 127
+        arr = np.asarray(tinted).copy()
+        arr[back] = (0.5 * arr[back] + 0.5 * 128).astype(np.uint8)
+        tinted = Image.fromarray(arr)
+    draw = ImageDraw.Draw(tinted)
+    for k, p in enumerate(discovery.objects):
+        mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8) * 255).resize(shown.size, Image.NEAREST)) > 127
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            x, y = int(np.median(xs)), int(np.median(ys))
+            draw.rectangle([x - 7, y - 8, x + 9, y + 8], fill=(255, 255, 255), outline=PALETTE[k % len(PALETTE)])
+            draw.text((x - 3, y - 6), str(k + 1), fill=(0, 0, 0))
+    sheet = Image.new("RGB", (shown.width * 2 + 8, shown.height), (255, 255, 255))
+    sheet.paste(shown, (0, 0))
+    sheet.paste(tinted, (shown.width + 8, 0))
+    return sheet
+
+
+def write_discovery(folder, image, discovery: Discovery, tokens: list[str], background_token: str | None) -> list:
+    """Write proposals.png, one mask PNG per proposal (<token name>.png) and proposals.json; return the paths."""
+    import json
+    from pathlib import Path
+
+    from ..fsutil import write_text_atomic
+    from .masks import _save_atomic, save_mask_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    records = []
+    pairs = list(zip(tokens, discovery.objects))
+    if discovery.background is not None and background_token:
+        pairs.append((background_token, discovery.background))
+    for token, p in pairs:
+        path = folder / f"{token.strip('<>')}.png"
+        save_mask_png(p.mask, path)
+        written.append(path)
+        records.append({"token": token, "mask": path.name, "area": round(p.area, 5), "init": p.init,
+                        "init_score": round(p.init_score, 5), "background": p.background})
+    picture = folder / "proposals.png"
+    _save_atomic(proposal_picture(image, discovery), picture)
+    written.append(picture)
+    index = folder / "proposals.json"
+    summary = {"proposals": records, "clusters": discovery.clusters, "dropped_small": discovery.dropped_small,
+               "dropped_over_max": discovery.dropped_cap}
+    write_text_atomic(index, json.dumps(summary, indent=2) + "\n")
+    written.append(index)
+    return written
