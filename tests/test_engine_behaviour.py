@@ -270,3 +270,85 @@ def test_settled_images_are_not_estimated_again(project):
     trainer.estimator.signal = lambda image, *a, **k: (asked.append(image), maps[image])[1]
     result = trainer.run_estep()
     assert asked == [] and result.converged
+
+
+def test_plan_refresh_takes_the_oldest_error_signals_while_the_credit_lasts():
+    from conceptforge.engine.estep import plan_refresh
+
+    costs = {0: 6, 1: 4, 2: 4}
+    assert plan_refresh([0, 1, 2], costs, {0: 3, 1: 1, 2: 2}, 9.0) == ([1, 2], 1.0)
+    # the oldest costs more than the credit: nobody jumps the queue, the credit waits
+    assert plan_refresh([0, 1, 2], costs, {0: 0, 1: 1, 2: 2}, 5.0) == ([], 5.0)
+    assert plan_refresh([2], costs, {}, 4.0) == ([2], 0.0)
+
+
+def _count_error_passes(trainer) -> list[int]:
+    asked: list[int] = []
+    original = trainer.estimator.error_maps
+    trainer.estimator.error_maps = lambda image, *a, **k: (asked.append(image), original(image, *a, **k))[1]
+    return asked
+
+
+def test_error_passes_follow_the_training_steps_not_the_images(project):
+    settings = dict(init_mask_signal="error", mask_signal="both", mask_timesteps=2, mask_t_min=0, mask_t_max=999, estep_skip_settled=False, crf=False, mask_momentum=0)
+    trainer = _trainer(project, estep_passes_per_step=1.0, **settings)
+    trainer.start()
+    first_error = dict(trainer.estep_result.error)
+    assert sorted(first_error) == [0, 1]  # the first E-step computes every image's error signal
+    asked = _count_error_passes(trainer)
+    # costs: image 0 has 2 concepts -> 2 timesteps x 3 prompts = 6 samples; image 1: 2 x 2 = 4
+    for _ in range(5):
+        trainer.train_step()
+    trainer.step = 5
+    result = trainer.run_estep()
+    assert asked == [] and result.credit == 5.0
+    for i, data in enumerate(trainer.images):  # last error signal + the attention harvested since
+        harvested = trainer.estimator.harvested_maps(i)
+        assert harvested is None  # cleared by the E-step
+        assert np.array_equal(result.error[i], first_error[i])
+    trainer.step = 10
+    result = trainer.run_estep()
+    assert asked == [0, 1] and result.credit == 0.0 and result.refreshed == {0: 2, 1: 2}
+    # without a budget every image is re-estimated at every E-step
+    trainer = _trainer(project, estep_passes_per_step=float("inf"), **settings)
+    trainer.start()
+    asked = _count_error_passes(trainer)
+    trainer.step = 1
+    trainer.run_estep()
+    assert asked == [0, 1]
+
+
+def test_an_image_without_an_error_pass_combines_its_last_error_with_fresh_attention(project):
+    from conceptforge.engine.estep import combine
+
+    trainer = _trainer(project, init_mask_signal="error", mask_signal="both", estep_passes_per_step=0.01, mask_t_min=0, mask_t_max=999, estep_skip_settled=False, crf=False, mask_momentum=0)
+    trainer.start()
+    first = trainer.estep_result
+    for _ in range(12):
+        trainer.train_step()
+    trainer.step = 12
+    harvested = {i: trainer.estimator.harvested_maps(i) for i in range(len(trainer.images))}
+    result = trainer.run_estep()
+    for i, data in enumerate(trainer.images):
+        soft = np.stack([result.soft[(i, t)] for t in data.tokens])
+        if harvested[i] is None:  # nothing new to go on: the masks stay
+            assert np.array_equal(soft, np.stack([first.soft[(i, t)] for t in data.tokens]))
+        else:
+            assert np.allclose(soft, combine(first.error[i], harvested[i]), atol=1e-6)
+    assert any(h is not None for h in harvested.values())
+    # a stale error signal barely moves a mask: that is no evidence of convergence
+    assert result.settled == set() and not result.converged
+
+
+def test_the_error_budget_survives_a_checkpoint(project):
+    settings = dict(init_mask_signal="error", mask_signal="both", estep_passes_per_step=0.5, mask_t_min=0, mask_t_max=999, crf=False)
+    trainer = _trainer(project, **settings)
+    trainer.start()
+    trainer.step = 7
+    trainer.run_estep()
+    state = trainer.state_dict()
+    again = _trainer(project, **settings)
+    again.restore(state)
+    a, b = trainer.estep_result, again.estep_result
+    assert (a.step, a.credit, a.refreshed) == (b.step, b.credit, b.refreshed) and a.credit > 0
+    assert all(np.array_equal(a.error[i], b.error[i]) for i in a.error)

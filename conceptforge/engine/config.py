@@ -69,6 +69,9 @@ class LearnConfig(BaseModel):
     error_reference: ErrorReference
     attention_source: AttentionSource = Field(description="pass: a dedicated UNet pass per E-step; harvest: the maps of the training steps since the last E-step")
     estep_skip_settled: bool = Field(description="E-steps skip images whose masks stopped moving")
+    estep_passes_per_step: float = Field(
+        gt=0, description="UNet samples later E-steps may spend on error passes per training sample; inf: every image every E-step"
+    )
     augment: Augment
     checkpoint_every: int = Field(ge=1, le=MAX_STEPS)
     batch_size: int = Field(ge=1, le=256)
@@ -180,6 +183,10 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
+    # built-in: on 2 CPU cores a training step costs about 13 batched E-step samples, so 1.0 keeps
+    # later E-steps near 8% of the training time whatever the number of images (benchmarks/results/
+    # speed.md); SD: its default signal (harvested attention) needs no pass
+    "estep_passes_per_step": (float("inf"), 1.0),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
     "batch_size": (1, 1),

@@ -6,12 +6,22 @@ per-pixel rise of the denoising error when the concept is left out of the
 prompt, or their mean), momentum across E-steps, threshold + DenseCRF
 (`masks.refine_masks`), then guards: a new mask whose area changes by more
 than `area_change_max` is refused and the previous one kept.  Masks converge
-when every concept's accepted new mask overlaps its previous one by at least
-`mask_converged` IoU and no update was refused.  Writes nothing to disk.
+when every image has settled: every concept's new mask overlaps its previous
+one by at least `mask_converged` IoU and no update was refused.  Writes nothing to disk.
+
+Cost: the attention signal of later E-steps is harvested from the training
+steps (no UNet pass).  The error signal needs a dedicated pass per image
+(`mask_timesteps` x (K + 1) UNet samples); with `estep_passes_per_step` set,
+later E-steps spend at most that many samples per training sample since the
+previous E-step (unspent credit carries over), refreshing the images whose
+error maps are oldest first, and the others combine their last error map with
+fresh harvested attention.  So the E-step cost follows the training steps, not
+the number of images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +50,26 @@ class EStepResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     converged: bool = False
     refused: int = 0
+    step: int = 0  # EM-phase training steps done when this E-step ran
+    error: dict[int, np.ndarray] = field(default_factory=dict)  # per image: last error signal (K, att, att), min-max normalised
+    refreshed: dict[int, int] = field(default_factory=dict)  # per image: E-step of that error signal
+    credit: float = 0.0  # UNet samples later E-steps may still spend on error passes
+    settled: set[int] = field(default_factory=set)  # images whose masks stopped moving (see MaskEstimator.estimate)
+
+
+def plan_refresh(
+    candidates: list[int], costs: dict[int, int], refreshed: dict[int, int], credit: float
+) -> tuple[list[int], float]:
+    """Images whose error signal an E-step recomputes, oldest first, while the
+    credit lasts, and the credit left (stops at the first image it cannot pay,
+    so a costly image is not passed over for ever)."""
+    chosen = []
+    for i in sorted(candidates, key=lambda i: (refreshed.get(i, -1), i)):
+        if costs[i] > credit:
+            break
+        chosen.append(i)
+        credit -= costs[i]
+    return chosen, credit
 
 
 class MaskEstimator:
@@ -52,6 +82,7 @@ class MaskEstimator:
         self.prompts = Prompts(model)
         self.par = parallel or Parallel()
         self.harvested: dict[MaskKey, tuple[np.ndarray, int]] = {}  # attention of training steps since the last E-step
+        self.fresh_error: dict[int, np.ndarray] = {}  # error signal of the latest `signal` call per image
 
     # -- attention harvested from the training steps -------------------------------
     def record(self, image: int, tokens: list[str], maps: torch.Tensor, flipped: bool, t: int) -> None:
@@ -75,17 +106,20 @@ class MaskEstimator:
         return np.stack([total / count for total, count in entries]).astype(np.float32)
 
     # -- the E-step ----------------------------------------------------------------
-    def estimate(self, iteration: int, previous: EStepResult | None = None) -> EStepResult:
-        """E-step number `iteration` (0: the initial masks) given the previous one."""
+    def estimate(self, iteration: int, previous: EStepResult | None = None, step: int = 0) -> EStepResult:
+        """E-step number `iteration` (0: the initial masks) given the previous one,
+        after `step` EM-phase training steps."""
         cfg = self.cfg
-        maps_and_masks = self._all_images(iteration, previous)
+        refresh, credit = self._refresh_plan(iteration, previous, step)
+        maps_and_masks = self._all_images(iteration, previous, refresh)
         masks: dict[MaskKey, np.ndarray] = {}
         soft: dict[MaskKey, np.ndarray] = {}
         records: list[dict[str, Any]] = []
-        changes: list[float] = []
         refused = 0
+        settled: set[int] = set()
         for i, data in enumerate(self.images):
-            maps, new = maps_and_masks[i]
+            maps, new, _ = maps_and_masks[i]
+            steady = previous is not None
             for k, t in enumerate(data.tokens):
                 soft[(i, t)] = maps[k]
                 prev = previous.masks.get((i, t)) if previous is not None else None
@@ -95,8 +129,7 @@ class MaskEstimator:
                     mask = prev
                     refused += 1
                 iou_prev = mask_ops.iou(prev, mask) if prev is not None else None
-                if iou_prev is not None and not was_refused:
-                    changes.append(iou_prev)
+                steady = steady and not was_refused and iou_prev is not None and iou_prev >= cfg.mask_converged
                 masks[(i, t)] = mask
                 gt = data.gt[k]
                 records.append(
@@ -109,20 +142,54 @@ class MaskEstimator:
                         "refused": was_refused,
                     }
                 )
-        converged = bool(changes) and refused == 0 and min(changes) >= cfg.mask_converged
-        return EStepResult(iteration, masks, soft, records, converged, refused)
+            # an image without a fresh error pass only keeps the status it had: its stale
+            # signal barely moves, which says nothing about convergence
+            if steady and (refresh is None or i in refresh or i in previous.settled):
+                settled.add(i)
+        converged = previous is not None and len(settled) == len(self.images)
+        error = dict(previous.error) if previous is not None else {}
+        refreshed = dict(previous.refreshed) if previous is not None else {}
+        for i, (_, _, err) in maps_and_masks.items():
+            if err is not None:
+                error[i], refreshed[i] = err, iteration
+        return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled)
 
-    def _all_images(self, iteration: int, previous: EStepResult | None) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
-        """Soft maps and refined masks of every image (each process does its share)."""
+    def _refresh_plan(self, iteration: int, previous: EStepResult | None, step: int) -> tuple[set[int] | None, float]:
+        """The images whose error signal this E-step recomputes (None: every image
+        it re-estimates) and the credit left; the same on every process."""
+        rate = self.cfg.estep_passes_per_step
+        if iteration == 0 or previous is None or math.isinf(rate) or self.cfg.mask_signal == "attention":
+            return None, 0.0
+        costs = {i: self.cfg.mask_timesteps * (len(d.tokens) + 1) for i, d in enumerate(self.images)}
+        credit = previous.credit + rate * self.cfg.batch_size * max(0, step - previous.step)
+        credit = min(credit, float(sum(costs.values())))  # at most one round of every image
+        candidates = [i for i in range(len(self.images)) if not (self.cfg.estep_skip_settled and self.settled(i, previous))]
+        chosen, credit = plan_refresh(candidates, costs, previous.refreshed, credit)
+        return set(chosen), credit
+
+    def _all_images(
+        self, iteration: int, previous: EStepResult | None, refresh: set[int] | None = None
+    ) -> dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray | None]]:
+        """Soft maps, refined masks and (where recomputed) the error signal of
+        every image (each process does its share)."""
         cfg = self.cfg
         mine = {}
         n_timesteps = cfg.init_mask_timesteps if iteration == 0 else cfg.mask_timesteps
         for i in self.par.mine(len(self.images)):
             data = self.images[i]
             if previous is not None and cfg.estep_skip_settled and self.settled(i, previous):
-                mine[i] = (np.stack([previous.soft[(i, t)] for t in data.tokens]), [previous.masks[(i, t)] for t in data.tokens])
+                mine[i] = self._unchanged(i, previous)
                 continue
-            maps = self.signal(i, iteration, n_timesteps, seed=cfg.seed * 1000 + iteration)
+            seed = cfg.seed * 1000 + iteration
+            if refresh is None or i in refresh:
+                self.fresh_error.pop(i, None)
+                maps = self.signal(i, iteration, n_timesteps, seed)
+                err = self.fresh_error.pop(i, None)
+            else:
+                maps, err = self.signal_from_last_error(i, previous.error.get(i)), None
+                if maps is None:  # no fresh attention and no error signal: nothing new to go on
+                    mine[i] = self._unchanged(i, previous)
+                    continue
             if previous is not None and cfg.masks == "em" and cfg.mask_momentum > 0:
                 prev = np.stack([previous.soft[(i, t)] for t in data.tokens])
                 maps = cfg.mask_momentum * prev + (1 - cfg.mask_momentum) * maps
@@ -134,20 +201,25 @@ class MaskEstimator:
                         data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
                     )
                 )
-            mine[i] = (maps, new)
+            mine[i] = (maps, new, err)
         self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
 
+    def _unchanged(self, image: int, previous: EStepResult) -> tuple[np.ndarray, list[np.ndarray], None]:
+        """An image's soft maps and masks as the previous E-step left them."""
+        tokens = self.images[image].tokens
+        return np.stack([previous.soft[(image, t)] for t in tokens]), [previous.masks[(image, t)] for t in tokens], None
+
     def settled(self, image: int, previous: EStepResult) -> bool:
-        """Whether an image's masks stopped moving: at the previous E-step every one
-        of its concepts kept at least `mask_converged` IoU and none was refused."""
-        stem = self.images[image].stem
-        mine = [r for r in previous.records if r["image"] == stem]
-        return bool(mine) and all(r["iou_prev"] is not None and r["iou_prev"] >= self.cfg.mask_converged and not r.get("refused") for r in mine)
+        """Whether an image's masks stopped moving: at its last re-estimate (with a
+        fresh error pass, where the signal has one) every one of its concepts kept
+        at least `mask_converged` IoU and none was refused."""
+        return image in previous.settled
 
     # -- signals -------------------------------------------------------------------
     def signal(self, image: int, iteration: int, n_timesteps: int, seed: int) -> np.ndarray:
-        """Per-concept soft maps of one image, min-max normalised: (K, att, att).
+        """Per-concept soft maps of one image, min-max normalised: (K, att, att);
+        an error signal computed on the way is kept in `fresh_error[image]`.
 
         The first E-step reads `init_mask_signal`, later ones `mask_signal`: the
         tokens' cross-attention (`attention`), the denoising-error rise without
@@ -161,10 +233,20 @@ class MaskEstimator:
             attention = harvested if harvested is not None else self.attention_maps(image, n_timesteps, seed)
             return normalize_minmax(torch.from_numpy(attention)).numpy()
         gain, attention = self.error_maps(image, n_timesteps, seed, use_init=self._init_reference(iteration))
-        err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att))
-        if kind == "error":
-            return err.numpy()
-        return normalize_minmax((err + normalize_minmax(torch.from_numpy(attention))) / 2).numpy()
+        err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att)).numpy()
+        self.fresh_error[image] = err
+        return err if kind == "error" else combine(err, attention)
+
+    def signal_from_last_error(self, image: int, error: np.ndarray | None) -> np.ndarray | None:
+        """Soft maps of an image whose error pass this E-step skips: its last error
+        signal with the attention harvested since (`both`), or that signal alone
+        (`error`); None when there is nothing to combine."""
+        if error is None:
+            return None
+        if self.cfg.mask_signal == "error":
+            return error
+        attention = self.harvested_maps(image)
+        return None if attention is None else combine(error, attention)
 
     def _init_reference(self, iteration: int) -> bool:
         """`error_reference: init` in E-steps after the first; the first always drops
@@ -238,6 +320,12 @@ class MaskEstimator:
         model.store.token_index = None
         gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
         return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()
+
+
+def combine(error: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """The `both` signal: mean of the min-max normalised error signal and attention."""
+    att = normalize_minmax(torch.from_numpy(np.asarray(attention, np.float32)))
+    return normalize_minmax((torch.from_numpy(error) + att) / 2).numpy()
 
 
 def given_mask(data: ImageData, k: int) -> np.ndarray:

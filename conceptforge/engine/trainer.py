@@ -78,7 +78,7 @@ class Trainer:
     def run_estep(self) -> EStepResult:
         """Re-estimate every concept's mask and report it."""
         started = time.perf_counter()
-        result = self.estimator.estimate(self.iteration + 1, self.estep_result)
+        result = self.estimator.estimate(self.iteration + 1, self.estep_result, step=self.step if self.phase == "em" else self.cfg.em_steps)
         self.estep_result = result
         self.timing["estep_seconds" if result.iteration > 0 else "first_estep_seconds"] += time.perf_counter() - started
         rec = {"kind": "estep", "phase": "em", "step": self.step, "iteration": result.iteration, "converged": result.converged, "masks": result.records}
@@ -281,11 +281,34 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "masks": {f"{i}|{t}": m for (i, t), m in self.masks.items()},
             "soft": {f"{i}|{t}": m for (i, t), m in self.estep_result.soft.items()} if self.estep_result else {},
+            "error_signal": self._error_state(),
             "streams": self.par.gather([list(_jsonable_random_state(self.rng.getstate())), self.gen.get_state()]),
         }
         if self.weights:
             state["weights"] = {n: p.detach().cpu() for n, p in self.model.unet.named_parameters() if p.requires_grad}
         return state
+
+    def _error_state(self) -> dict[str, Any]:
+        """What the E-step budget carries between E-steps (see estep.plan_refresh)."""
+        r = self.estep_result
+        if r is None:
+            return {}
+        return {
+            "step": r.step,
+            "credit": r.credit,
+            "refreshed": {str(i): n for i, n in r.refreshed.items()},
+            "maps": {str(i): m for i, m in r.error.items()},
+            "settled": sorted(r.settled),
+        }
+
+    def _restore_error_state(self, saved: dict[str, Any] | None) -> None:
+        if not saved:  # a checkpoint from before the E-step budget: every error signal is recomputed
+            return
+        r = self.estep_result
+        r.step, r.credit = int(saved["step"]), float(saved["credit"])
+        r.refreshed = {int(i): int(n) for i, n in saved["refreshed"].items()}
+        r.error = {int(i): np.asarray(m, np.float32) for i, m in saved["maps"].items()}
+        r.settled = {int(i) for i in saved.get("settled", [])}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (as `state_dict` wrote it)."""
@@ -303,6 +326,7 @@ class Trainer:
         masks = {_key(k): np.asarray(v, bool) for k, v in state["masks"].items()}
         soft = {_key(k): np.asarray(v, np.float32) for k, v in state["soft"].items()}
         self.estep_result = EStepResult(int(state["iteration"]), masks, soft, converged=bool(state["converged"]))
+        self._restore_error_state(state.get("error_signal"))
         streams = state["streams"]
         if len(streams) == self.par.world or self.par.is_main:  # each process continues its own stream
             rng_state, gen_state = streams[self.par.rank if len(streams) == self.par.world else 0]
