@@ -83,7 +83,7 @@ def discover_command(
             metavar="IMAGE", help="An image file, or the file name of an image already in the project.", show_default=False
         ),
     ],
-    max_concepts: Annotated[int, typer.Option("--max-concepts", "-k", min=1, metavar="K", help="Propose at most K objects (largest first).")] = 5,
+    max_concepts: Annotated[int, typer.Option("--max-concepts", "-k", metavar="K", help="Propose at most K objects (largest first).")] = 5,
     background: Annotated[
         bool, typer.Option("--background/--no-background", help="Also propose (and with --add register) the background.")
     ] = True,
@@ -101,6 +101,8 @@ def discover_command(
     from ..imageio import open_rgb
     from ..project import Project, check_image_file
 
+    if max_concepts < 1:
+        raise InputError(f"--max-concepts {max_concepts} proposes nothing; give 1 or more.")
     project = Project.load(directory)
     path, stem = resolve_image(project, image)
     check_image_file(path)
