@@ -24,6 +24,7 @@ Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)
 Objective = Literal["reference", "area"]
 AttentionSource = Literal["pass", "harvest"]
 CrfMethod = Literal["photo", "flat"]
+Assignment = Literal["independent", "joint"]
 
 MAX_STEPS = 1_000_000
 
@@ -61,6 +62,9 @@ class LearnConfig(BaseModel):
     mask_every: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="steps between E-steps; None: estep_every_fraction of em_steps")
     estep_warmup_fraction: float = Field(ge=0, le=1)
     estep_every_fraction: float = Field(gt=0, le=1)
+    mask_assignment: Assignment = Field(
+        description="independent: each concept's map on its own; joint: an image's object concepts compete for its regions"
+    )
     mask_momentum: float = Field(ge=0, lt=1, description="weight of the previous soft maps in each E-step")
     area_change_max: float = Field(ge=1, le=1e6, description="a new mask more than this factor larger/smaller than the last is refused")
     mask_converged: float = Field(gt=0, le=1)
@@ -166,6 +170,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # 50 and 25 of the SD's 400 steps / the built-in 200 steps: the schedule follows the budget
     "estep_warmup_fraction": (0.125, 0.25),
     "estep_every_fraction": (0.0625, 0.125),
+    "mask_assignment": ("independent", "independent"),
     "mask_momentum": (0.5, 0.0),  # built-in: undamped E-steps gave final IoU 0.433 vs 0.399 damped (6 scenes)
     # built-in: no bound on mask growth per E-step; with 2.5x a wrong or tiny first mask
     # stays (24 scenes, final mean IoU 0.589 vs 0.517)

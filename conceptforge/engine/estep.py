@@ -3,7 +3,8 @@ E-step of step 3 in DESIGN.md).
 
 Per image: a soft map per concept from the chosen signal (cross-attention, the
 per-pixel rise of the denoising error when the concept is left out of the
-prompt, or their mean), momentum across E-steps, threshold + DenseCRF
+prompt, or their mean), momentum across E-steps, optionally a joint assignment of the image's object
+concepts to its regions (`assign.assign_regions`), threshold + DenseCRF
 (`masks.refine_masks`), then guards: a new mask whose area changes by more
 than `area_change_max` is refused and the previous one kept.  Masks converge
 when every image has settled: every concept's new mask overlaps its previous
@@ -30,6 +31,7 @@ import torch
 
 from ..errors import InputError
 from . import masks as mask_ops
+from .assign import assign_regions
 from .attention import normalize_minmax
 from .bundle import ModelBundle
 from .config import LearnConfig
@@ -196,9 +198,12 @@ class MaskEstimator:
             if cfg.masks == "given":
                 new = [given_mask(data, k) for k in range(len(data.tokens))]
             else:
+                drawn = maps
+                if cfg.mask_assignment == "joint":
+                    drawn = assign_regions(maps, [k for k, bg in enumerate(data.background) if not bg], cfg.threshold)
                 new = list(
                     mask_ops.refine_masks(
-                        data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
+                        data.rgb, drawn, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
                     )
                 )
             mine[i] = (maps, new, err)
