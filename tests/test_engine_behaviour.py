@@ -275,11 +275,14 @@ def test_settled_images_are_not_estimated_again(project):
 def test_plan_refresh_takes_the_oldest_error_signals_while_the_credit_lasts():
     from conceptforge.engine.estep import plan_refresh
 
-    costs = {0: 6, 1: 4, 2: 4}
-    assert plan_refresh([0, 1, 2], costs, {0: 3, 1: 1, 2: 2}, 9.0) == ([1, 2], 1.0)
+    prompts = {0: 3, 1: 2, 2: 2}  # K + 1 prompts per image
+    assert plan_refresh([0, 1, 2], prompts, {0: 3, 1: 1, 2: 2}, 9.0, 2) == ({1: 2, 2: 2}, 1.0)
     # the oldest costs more than the credit: nobody jumps the queue, the credit waits
-    assert plan_refresh([0, 1, 2], costs, {0: 0, 1: 1, 2: 2}, 5.0) == ([], 5.0)
-    assert plan_refresh([2], costs, {}, 4.0) == ([2], 0.0)
+    assert plan_refresh([0, 1, 2], prompts, {0: 0, 1: 1, 2: 2}, 5.0, 2) == ({}, 5.0)
+    assert plan_refresh([2], prompts, {}, 4.0, 2) == ({2: 2}, 0.0)
+    # a partly paid pass runs with fewer timesteps, but not with fewer than four
+    assert plan_refresh([0], {0: 4}, {}, 25.0, 8) == ({0: 6}, 1.0)
+    assert plan_refresh([0], {0: 4}, {}, 15.0, 8) == ({}, 15.0)
 
 
 def _count_error_passes(trainer) -> list[int]:

@@ -15,7 +15,8 @@ steps (no UNet pass).  The error signal needs a dedicated pass per image
 (`mask_timesteps` x (K + 1) UNet samples); with `estep_passes_per_step` set,
 later E-steps spend at most that many samples per training sample since the
 previous E-step (unspent credit carries over), refreshing the images whose
-error maps are oldest first, and the others combine their last error map with
+error maps are oldest first (with fewer timesteps, down to
+MIN_REFRESH_TIMESTEPS, where the credit does not pay for all), and the others combine their last error map with
 fresh harvested attention.  So the E-step cost follows the training steps, not
 the number of images.
 """
@@ -39,6 +40,7 @@ from .data import Conditioning, ImageData, Prompts
 from .parallel import Parallel
 
 MaskKey = tuple[int, str]  # (image index, token)
+MIN_REFRESH_TIMESTEPS = 4  # fewest timesteps of a budgeted error pass (fewer give a noisy signal)
 BATCH_TARGET = 16  # UNet batch of an E-step pass: timesteps x prompts (CPU throughput levels off above)
 
 
@@ -60,17 +62,21 @@ class EStepResult:
 
 
 def plan_refresh(
-    candidates: list[int], costs: dict[int, int], refreshed: dict[int, int], credit: float
-) -> tuple[list[int], float]:
-    """Images whose error signal an E-step recomputes, oldest first, while the
-    credit lasts, and the credit left (stops at the first image it cannot pay,
-    so a costly image is not passed over for ever)."""
-    chosen = []
+    candidates: list[int], prompts: dict[int, int], refreshed: dict[int, int], credit: float, timesteps: int
+) -> tuple[dict[int, int], float]:
+    """Images whose error signal an E-step recomputes, oldest first, with how
+    many timesteps each (an image's pass costs timesteps x its prompts), and
+    the credit left.  An image gets `timesteps` when the credit pays for them,
+    else as many as it pays for down to MIN_REFRESH_TIMESTEPS; below that the
+    plan stops (so a costly image is not passed over for ever)."""
+    chosen: dict[int, int] = {}
+    least = min(timesteps, MIN_REFRESH_TIMESTEPS)
     for i in sorted(candidates, key=lambda i: (refreshed.get(i, -1), i)):
-        if costs[i] > credit:
+        n = min(timesteps, int(credit // prompts[i]))
+        if n < least:
             break
-        chosen.append(i)
-        credit -= costs[i]
+        chosen[i] = n
+        credit -= n * prompts[i]
     return chosen, credit
 
 
@@ -156,21 +162,21 @@ class MaskEstimator:
                 error[i], refreshed[i] = err, iteration
         return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled)
 
-    def _refresh_plan(self, iteration: int, previous: EStepResult | None, step: int) -> tuple[set[int] | None, float]:
-        """The images whose error signal this E-step recomputes (None: every image
-        it re-estimates) and the credit left; the same on every process."""
+    def _refresh_plan(self, iteration: int, previous: EStepResult | None, step: int) -> tuple[dict[int, int] | None, float]:
+        """The images whose error signal this E-step recomputes, with their
+        timesteps (None: every image it re-estimates, with `mask_timesteps`) and
+        the credit left; the same on every process."""
         rate = self.cfg.estep_passes_per_step
         if iteration == 0 or previous is None or math.isinf(rate) or self.cfg.mask_signal == "attention":
             return None, 0.0
-        costs = {i: self.cfg.mask_timesteps * (len(d.tokens) + 1) for i, d in enumerate(self.images)}
+        prompts = {i: len(d.tokens) + 1 for i, d in enumerate(self.images)}
         credit = previous.credit + rate * self.cfg.batch_size * max(0, step - previous.step)
-        credit = min(credit, float(sum(costs.values())))  # at most one round of every image
+        credit = min(credit, float(self.cfg.mask_timesteps * sum(prompts.values())))  # at most one round of every image
         candidates = [i for i in range(len(self.images)) if not (self.cfg.estep_skip_settled and self.settled(i, previous))]
-        chosen, credit = plan_refresh(candidates, costs, previous.refreshed, credit)
-        return set(chosen), credit
+        return plan_refresh(candidates, prompts, previous.refreshed, credit, self.cfg.mask_timesteps)
 
     def _all_images(
-        self, iteration: int, previous: EStepResult | None, refresh: set[int] | None = None
+        self, iteration: int, previous: EStepResult | None, refresh: dict[int, int] | None = None
     ) -> dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray | None]]:
         """Soft maps, refined masks and (where recomputed) the error signal of
         every image (each process does its share)."""
@@ -185,7 +191,7 @@ class MaskEstimator:
             seed = cfg.seed * 1000 + iteration
             if refresh is None or i in refresh:
                 self.fresh_error.pop(i, None)
-                maps = self.signal(i, iteration, n_timesteps, seed)
+                maps = self.signal(i, iteration, n_timesteps if refresh is None else refresh[i], seed)
                 err = self.fresh_error.pop(i, None)
             else:
                 maps, err = self.signal_from_last_error(i, previous.error.get(i)), None
