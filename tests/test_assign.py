@@ -108,3 +108,16 @@ def test_joint_assignment_in_the_e_step(tmp_path):
     best = [max(range(2), key=lambda o: iou(m, truth[o])) for m in masks]
     assert best[0] != best[1]
     assert min(iou(m, truth[o]) for m, o in zip(masks, best)) > 0.8
+
+
+def test_by_default_only_tokens_that_share_an_init_word_compete():
+    from types import SimpleNamespace
+
+    from conceptforge.engine.config import resolve_config
+    from conceptforge.engine.estep import assignment_groups
+
+    data = SimpleNamespace(background=[False, False, False, False, True], inits=["shape", "Shape", "star", None, "background"])
+    assert resolve_config(True, {}, {}).mask_assignment == resolve_config(False, {}, {}).mask_assignment == "same-word"
+    assert assignment_groups(data, "same-word") == [[0, 1]]
+    assert assignment_groups(data, "joint") == [[0, 1, 2, 3]]
+    assert assignment_groups(data, "independent") == []

@@ -205,8 +205,8 @@ class MaskEstimator:
                 new = [given_mask(data, k) for k in range(len(data.tokens))]
             else:
                 drawn = maps
-                if cfg.mask_assignment == "joint":
-                    drawn = assign_regions(maps, [k for k, bg in enumerate(data.background) if not bg], cfg.threshold)
+                for group in assignment_groups(data, cfg.mask_assignment):
+                    drawn = assign_regions(drawn, group, cfg.threshold)
                 new = list(
                     mask_ops.refine_masks(
                         data.rgb, drawn, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
@@ -331,6 +331,22 @@ class MaskEstimator:
         model.store.token_index = None
         gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
         return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()
+
+
+def assignment_groups(data: ImageData, mode: str) -> list[list[int]]:
+    """The groups of an image's object concepts that compete for its regions:
+    all of them (`joint`), those sharing an init word (`same-word`), none
+    (`independent`)."""
+    objects = [k for k, bg in enumerate(data.background) if not bg]
+    if mode == "joint":
+        return [objects]
+    if mode == "same-word":
+        by_word: dict[str, list[int]] = {}
+        for k in objects:
+            if data.inits[k]:
+                by_word.setdefault(data.inits[k].lower(), []).append(k)
+        return [g for g in by_word.values() if len(g) > 1]
+    return []
 
 
 def combine(error: np.ndarray, attention: np.ndarray) -> np.ndarray:
