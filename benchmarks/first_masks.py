@@ -1,8 +1,9 @@
 """First masks on the built-in world: how well each `init_mask_signal` places
 the initial masks, before any token has learned anything.
 
-On the held-out scenes of `benchmarks/masks.py` (each object's concept
-initialised from its shape word, one for the background), compute the first
+On the development scenes of `benchmarks/masks.py` (dev1 and dev2: the
+first 24 qualifying seeds from 800000; each object's concept initialised
+from its shape word, one for the background), compute the first
 E-step's masks with each signal and report, for object concepts: mean IoU with
 their own exact mask, the share placed right (IoU > 0.5), and the share placed
 on another object (IoU with another object's mask above 0.2 and above its own);
@@ -94,7 +95,7 @@ def main() -> None:
     lines = [
         "# First masks on the built-in world, by `init_mask_signal`",
         "",
-        f"Produced by `{' '.join(['python', 'benchmarks/first_masks.py', *sys.argv[1:]])}`: {len(seeds)} held-out development scenes"
+        f"Produced by `{' '.join(['python', 'benchmarks/first_masks.py', *sys.argv[1:]])}`: {len(seeds)} development scenes (dev1 + dev2)"
         f" (seeds {seeds[0]}-{seeds[-1]}), {first['n_objects']} object concepts.",
         "",
         "| signal | init_mask_timesteps | objects: mean IoU | placed right (IoU > 0.5) | placed on another object | background IoU |",

@@ -1,14 +1,15 @@
 """The E-step: each concept's mask re-estimated from the model (step 2 and the
 E-step of step 3 in DESIGN.md).
 
-Per image: a soft map per concept from the chosen signal (cross-attention, the
-per-pixel rise of the denoising error when the concept is left out of the
-prompt, or their mean), momentum across E-steps, optionally a joint assignment of the image's object
-concepts to its regions (`assign.assign_regions`), threshold + DenseCRF
-(`masks.refine_masks`), then guards: a new mask whose area changes by more
-than `area_change_max` is refused and the previous one kept.  Masks converge
-when every image has settled: every concept's new mask overlaps its previous
-one by at least `mask_converged` IoU and no update was refused.  Writes nothing to disk.
+Per image: a soft map per concept from the chosen signal (cross-attention,
+the per-pixel rise of the denoising error when the concept is left out of the
+prompt, or their mean), momentum across E-steps, a joint assignment of the
+object concepts that compete for the image's regions (`assign.assign_regions`,
+`mask_assignment`), threshold + DenseCRF (`masks.refine_masks`), then guards:
+a new mask whose area changes by more than `area_change_max` is refused and
+the previous one kept.  Masks converge when every image has settled: every
+concept's new mask overlaps its previous one by at least `mask_converged` IoU
+and no update was refused.  Writes nothing to disk.
 
 Cost: the attention signal of later E-steps is harvested from the training
 steps (no UNet pass).  The error signal needs a dedicated pass per image
@@ -16,9 +17,9 @@ steps (no UNet pass).  The error signal needs a dedicated pass per image
 later E-steps spend at most that many samples per training sample since the
 previous E-step (unspent credit carries over), refreshing the images whose
 error maps are oldest first (with fewer timesteps, down to
-MIN_REFRESH_TIMESTEPS, where the credit does not pay for all), and the others combine their last error map with
-fresh harvested attention.  So the E-step cost follows the training steps, not
-the number of images.
+MIN_REFRESH_TIMESTEPS, where the credit does not pay for all), and the others
+combine their last error map with fresh harvested attention.  So the E-step
+cost follows the training steps, not the number of images.
 """
 
 from __future__ import annotations
