@@ -77,7 +77,10 @@ LAUNCHERS = {
 def test_two_processes_learn_one_run(tmp_path, tiny_model, scene_files, launcher):
     proj = make_project(tmp_path, tiny_model, scene_files)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = LAUNCHERS[launcher] + ["-m", "conceptforge", "learn", str(proj), "--em-steps", "6", "--joint-steps", "2", "--json"]
+    cmd = LAUNCHERS[launcher] + ["-m", "conceptforge", "learn", str(proj), "--em-steps", "6", "--joint-steps", "2", "--json",
+                                   # the error-pass budget: both processes must plan the same refreshes
+                                   "--set", "init_mask_signal=error", "--set", "mask_signal=both", "--set", "estep_passes_per_step=4",
+                                   "--set", "mask_timesteps=4"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
