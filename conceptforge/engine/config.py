@@ -187,14 +187,15 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # built-in: k's init word in k's place keeps the causal text encoder's other tokens as in the full prompt
     "error_reference": ("drop", "init"),
     # the maps the training steps computed anyway, instead of a UNet pass per E-step: built-in,
-    # mask_signal attention, 12 scenes final IoU 0.692 harvested vs 0.689 with the pass
+    # mask_signal attention, dev1 final IoU 0.649 harvested vs 0.658 with the pass
+    # (benchmarks/results/ablation_attention_*.md)
     # (`both`, the built-in default, reads attention from its error pass at no extra cost)
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
-    # built-in: on 2 CPU cores a training step costs about 13 batched E-step samples, so 1.0 keeps
-    # later E-steps near 8% of the training time whatever the number of images (benchmarks/results/
-    # speed.md); SD: its default signal (harvested attention) needs no pass
+    # built-in: later E-steps add 15% / 19% to the EM training time on projects of 3 / 10 images
+    # (48% / 82% without; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
+    # (ablation_no_budget.md); SD: its default signal (harvested attention) needs no pass
     "estep_passes_per_step": (float("inf"), 1.0),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
