@@ -73,6 +73,13 @@ class CaptureAttnProcessor:
 
 def _attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor, temb) -> torch.Tensor:
     """softmax(QK^T / sqrt(d)) of a cross-attention layer as (B, heads, HW, L)."""
+    return attention_logits(attn, hidden_states, context, temb).softmax(dim=-1)
+
+
+def attention_logits(attn, hidden_states: torch.Tensor, context: torch.Tensor | None, temb) -> torch.Tensor:
+    """QK^T / sqrt(d) of an attention layer as (B, heads, N, L), computed as the
+    stock processor does; `context` None: self-attention (keys from the normed
+    hidden states)."""
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
     if hidden_states.ndim == 4:
@@ -80,7 +87,9 @@ def _attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor, t
         hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    if attn.norm_cross:
+    if context is None:
+        context = hidden_states
+    elif attn.norm_cross:
         context = attn.norm_encoder_hidden_states(context)
     query = attn.to_q(hidden_states)
     key = attn.to_k(context)
@@ -92,8 +101,7 @@ def _attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor, t
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(head_dim)
-    return scores.softmax(dim=-1)
+    return torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(head_dim)
 
 
 def cross_attention_factors(unet) -> dict[str, int]:

@@ -41,7 +41,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from . import masks as mask_ops
-from .attention import cross_attention_factors
+from .attention import attention_logits as layer_attention_logits, cross_attention_factors
 
 # nouns tried as init words for SD-family models (those the tokenizer has as one token are kept)
 SD_CANDIDATE_WORDS: tuple[str, ...] = (
@@ -139,25 +139,7 @@ class SelfAttnCapture:
 
 def self_attention_logits(attn, hidden_states: torch.Tensor, temb) -> torch.Tensor:
     """The attention logits QK^T / sqrt(d) of a self-attention layer as (B, heads, N, N)."""
-    import math
-
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    if hidden_states.ndim == 4:
-        b, c, h, w = hidden_states.shape
-        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
-    b = query.shape[0]
-    head_dim = key.shape[-1] // attn.heads
-    query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    return torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(head_dim)
+    return layer_attention_logits(attn, hidden_states, None, temb)
 
 
 def self_attention_layers(unet, factor: int) -> list[str]:
