@@ -78,7 +78,7 @@ class Trainer:
     def run_estep(self) -> EStepResult:
         """Re-estimate every concept's mask and report it."""
         started = time.perf_counter()
-        result = self.estimator.estimate(self.iteration + 1, self.estep_result, step=self.step if self.phase == "em" else self.cfg.em_steps)
+        result = self.estimator.estimate(self.iteration + 1, self.estep_result, step=self.step)  # E-steps run in the EM phase only
         self.estep_result = result
         self.timing["estep_seconds" if result.iteration > 0 else "first_estep_seconds"] += time.perf_counter() - started
         rec = {"kind": "estep", "phase": "em", "step": self.step, "iteration": result.iteration, "converged": result.converged, "masks": result.records}
