@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from masks import BACKGROUND_TOKEN, make_scene_project, scene_seeds  # noqa: E402
+from masks import SETS, Unit, make_project, scene_seeds  # noqa: E402
 
 from conceptforge.engine import masks as mask_ops  # noqa: E402
 from conceptforge.engine.config import MaskSignal, resolve_config  # noqa: E402
@@ -46,17 +46,17 @@ def first_masks(learner: Trainer, signal: str) -> list[np.ndarray]:
 def score_scene(learner: Trainer, masks: list[np.ndarray]) -> list[dict]:
     """Per concept: IoU with its own exact mask and the best IoU with another object's."""
     data = learner.images[0]
-    objects = [k for k, t in enumerate(data.tokens) if t != BACKGROUND_TOKEN]
+    objects = [k for k, background in enumerate(data.background) if not background]
     rows = []
     for k, mask in enumerate(masks):
         other = max([mask_ops.iou(mask, data.gt[j]) for j in objects if j != k] or [0.0])
-        rows.append({"token": data.tokens[k], "own": mask_ops.iou(mask, data.gt[k]), "other": other})
+        rows.append({"token": data.tokens[k], "background": data.background[k], "own": mask_ops.iou(mask, data.gt[k]), "other": other})
     return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
-    objs = [r for r in rows if r["token"] != BACKGROUND_TOKEN]
-    bg = [r for r in rows if r["token"] == BACKGROUND_TOKEN]
+    objs = [r for r in rows if not r["background"]]
+    bg = [r for r in rows if r["background"]]
     return {
         "objects": float(np.mean([r["own"] for r in objs])),
         "right": float(np.mean([r["own"] > 0.5 for r in objs])),
@@ -82,9 +82,11 @@ def main() -> None:
     counts = [int(n) for n in args.timesteps.split(",") if n] or [None]
     variants = [(s, n) for n in counts for s in signals]
     rows: dict[tuple, list[dict]] = {v: [] for v in variants}
-    seeds = scene_seeds(args.scenes)
+    dev = SETS["dev1"]
+    seeds = scene_seeds(args.scenes, base=dev.base, end=dev.end)
     for seed in seeds:
-        project = Project.load(make_scene_project(args.work / str(seed), seed))
+        make_project(args.work / str(seed), Unit(str(seed), [seed]))
+        project = Project.load(args.work / str(seed))
         for n in counts:
             learner = build_trainer(project, resolve_config(True, {}, {"init_mask_timesteps": n}))
             for s in signals:
