@@ -311,3 +311,29 @@ def test_evaluate_plot_is_a_matplotlib_chart_with_a_line_per_concept(tmp_path):
     assert px.shape[1] >= 400 and px.shape[0] >= 300
     for colour in ((31, 119, 180), (255, 127, 14)):  # matplotlib's first two line colours
         assert (np.abs(px - colour).sum(-1) < 30).sum() > 100
+
+
+def test_live_report_skips_e_steps_while_rewriting_would_cost_more_than_a_tenth(tmp_path, monkeypatch):
+    from conceptforge.engine import report_html
+    from conceptforge.engine.events import Event
+    from conceptforge.engine.run_writer import REPORT_SHARE, LiveReport
+    from conceptforge.engine.runs import RunDir
+
+    now = [0.0]
+    written = []
+
+    def slow_write(project_root, run_dir, out=None):  # a rewrite that takes 1 s of the fake clock
+        now[0] += 1.0
+        written.append(now[0])
+        return out
+
+    monkeypatch.setattr(report_html, "write_report", slow_write)
+    live = LiveReport(tmp_path, RunDir(tmp_path / "run"), warn=lambda m: None, clock=lambda: now[0])
+    for _ in range(30):  # an E-step every 2 s of training
+        live(Event("estep"))
+        now[0] += 2.0
+    live(Event("done"))
+    assert written[0] == 1.0  # the first E-step is always written
+    assert len(written) < 30 / (1 / REPORT_SHARE / 2) + 2  # about one rewrite per 10 s, not one per E-step
+    assert len(written) >= 3 and written[-1] == now[0]  # the end is always written
+    assert len(written) * 1.0 / now[0] <= REPORT_SHARE + 0.02  # each rewrite took 1 s

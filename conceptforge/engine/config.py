@@ -153,7 +153,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # built-in: the per-pixel / per-concept normalisation every built-in figure was measured with
     "objective": ("reference", "area"),
     "attention_resolution": (16, 16),
-    # built-in (error signal, 24 dev scenes, /first masks): object IoU 0.384 / 0.389 / 0.309 with
+    # built-in (error signal, 24 dev scenes, benchmarks/results/first_masks.md): object IoU 0.384 / 0.389 / 0.309 with
     # 50 / 32 / 24 timesteps; 32 keeps the first E-step within 30 training steps per image
     "init_mask_timesteps": (50, 32),
     # built-in: 12 scenes IoU-only, em 0.733 / 0.734 / 0.779 with 10 / 8 / 6 at 1.28x / 1.19x /

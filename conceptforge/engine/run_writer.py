@@ -3,6 +3,8 @@ folder (metrics.jsonl, mask PNGs per E-step, checkpoints)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..fsutil import append_jsonl, atomic_write
@@ -52,15 +54,27 @@ class RunWriter:
             atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
 
 
-class LiveReport:
-    """Rewrites runs/<id>/report.html after every E-step (and at the end), so a
-    browser showing it can be refreshed while the run goes on."""
+REPORT_SHARE = 0.1  # the most of a run's time the live report may take
 
-    def __init__(self, project_root: Path, run: RunDir, warn) -> None:
+
+class LiveReport:
+    """Rewrites runs/<id>/report.html after E-steps and at the end, so a
+    browser showing it can be refreshed while the run goes on.
+
+    A rewrite costs about a second; after an E-step it is skipped while less
+    than (its last cost / REPORT_SHARE) has passed since the last one ended, so
+    the report takes at most about REPORT_SHARE of the run's time however
+    often E-steps come.  The first E-step and the end are always written."""
+
+    def __init__(self, project_root: Path, run: RunDir, warn, clock: Callable[[], float] = time.perf_counter) -> None:
         self.project_root = project_root
         self.run = run
         self.warn = warn
+        self.clock = clock
         self.failed = False
+        self.last_cost: float | None = None
+        self.last_end = 0.0
+        self.written = 0
 
     @property
     def path(self) -> Path:
@@ -69,10 +83,15 @@ class LiveReport:
     def __call__(self, event: Event) -> None:
         if event.kind not in ("estep", "done") or self.failed:
             return
+        if event.kind == "estep" and self.last_cost is not None and (self.clock() - self.last_end) * REPORT_SHARE < self.last_cost:
+            return
         from .report_html import write_report
 
         try:
+            start = self.clock()
             write_report(self.project_root, self.run.path, self.path)
+            self.last_end = self.clock()
+            self.last_cost, self.written = self.last_end - start, self.written + 1
         except Exception as exc:  # noqa: BLE001 - a report must never stop learning
             self.failed = True
             self.warn(f"The live report could not be written ({type(exc).__name__}: {exc}); learning goes on.")
