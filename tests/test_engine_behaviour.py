@@ -32,7 +32,7 @@ def _masks_copy(trainer):
 
 def _set_signal(trainer, maps_by_image):
     """Make the E-step read prescribed soft maps (per image: K x att x att)."""
-    trainer.estimator.signal = lambda image, iteration, n, seed: maps_by_image[image]
+    trainer.estimator.signal_and_error = lambda image, iteration, n, seed: (maps_by_image[image], None)
 
 
 def _blob(att: int, top: int, left: int, side: int) -> np.ndarray:
@@ -267,7 +267,7 @@ def test_settled_images_are_not_estimated_again(project):
     trainer.start()
     trainer.run_estep()  # unchanged: both images settle
     asked = []
-    trainer.estimator.signal = lambda image, *a, **k: (asked.append(image), maps[image])[1]
+    trainer.estimator.signal_and_error = lambda image, *a, **k: (asked.append(image), (maps[image], None))[1]
     result = trainer.run_estep()
     assert asked == [] and result.converged
 

@@ -91,7 +91,6 @@ class MaskEstimator:
         self.prompts = Prompts(model)
         self.par = parallel or Parallel()
         self.harvested: dict[MaskKey, tuple[np.ndarray, int]] = {}  # attention of training steps since the last E-step
-        self.fresh_error: dict[int, np.ndarray] = {}  # error signal of the latest `signal` call per image
 
     # -- attention harvested from the training steps -------------------------------
     def record(self, image: int, tokens: list[str], maps: torch.Tensor, flipped: bool, t: int) -> None:
@@ -191,9 +190,7 @@ class MaskEstimator:
                 continue
             seed = cfg.seed * 1000 + iteration
             if refresh is None or i in refresh:
-                self.fresh_error.pop(i, None)
-                maps = self.signal(i, iteration, n_timesteps if refresh is None else refresh[i], seed)
-                err = self.fresh_error.pop(i, None)
+                maps, err = self.signal_and_error(i, iteration, n_timesteps if refresh is None else refresh[i], seed)
             else:
                 maps, err = self.signal_from_last_error(i, previous.error.get(i)), None
                 if maps is None:  # no fresh attention and no error signal: nothing new to go on
@@ -230,8 +227,13 @@ class MaskEstimator:
 
     # -- signals -------------------------------------------------------------------
     def signal(self, image: int, iteration: int, n_timesteps: int, seed: int) -> np.ndarray:
-        """Per-concept soft maps of one image, min-max normalised: (K, att, att);
-        an error signal computed on the way is kept in `fresh_error[image]`.
+        """Per-concept soft maps of one image, min-max normalised: (K, att, att)
+        (see `signal_and_error`)."""
+        return self.signal_and_error(image, iteration, n_timesteps, seed)[0]
+
+    def signal_and_error(self, image: int, iteration: int, n_timesteps: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-concept soft maps of one image, min-max normalised: (K, att, att),
+        and the error signal computed on the way (None for `attention`).
 
         The first E-step reads `init_mask_signal`, later ones `mask_signal`: the
         tokens' cross-attention (`attention`), the denoising-error rise without
@@ -243,11 +245,10 @@ class MaskEstimator:
         if kind == "attention":
             harvested = self.harvested_maps(image) if iteration > 0 and self.cfg.attention_source == "harvest" else None
             attention = harvested if harvested is not None else self.attention_maps(image, n_timesteps, seed)
-            return normalize_minmax(torch.from_numpy(attention)).numpy()
+            return normalize_minmax(torch.from_numpy(attention)).numpy(), None
         gain, attention = self.error_maps(image, n_timesteps, seed, use_init=self._init_reference(iteration))
         err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att)).numpy()
-        self.fresh_error[image] = err
-        return err if kind == "error" else combine(err, attention)
+        return (err if kind == "error" else combine(err, attention)), err
 
     def signal_from_last_error(self, image: int, error: np.ndarray | None) -> np.ndarray | None:
         """Soft maps of an image whose error pass this E-step skips: its last error
