@@ -60,10 +60,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stats  # noqa: E402
+from scene_projects import PlannedConcept, build_project  # noqa: E402
 from conceptforge.engine.backbone import pick_device, resolve_source  # noqa: E402
 from conceptforge.engine.evaluate import builtin_fidelity, builtin_identities, iou_curves  # noqa: E402
 from conceptforge.engine.generate import load_concept_pipeline  # noqa: E402
@@ -226,26 +225,18 @@ def plan_concepts(seeds: list[int]) -> list[tuple[int, list[dict]]]:
 
 def make_project(root: Path, unit: Unit) -> dict[str, dict]:
     """A fresh project of the unit's scenes; returns 'image token' -> {background, shared}."""
-    if root.exists():
-        shutil.rmtree(root)
-    project = Project.create(root)
     plan = plan_concepts(unit.seeds)
     images_of: dict[str, int] = {}
     for _, concepts in plan:
         for c in concepts:
             images_of[c["token"]] = images_of.get(c["token"], 0) + 1
-    info = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        for seed, concepts in plan:
-            img = t / f"scene{seed}.png"
-            sample_scene(seed).image.save(img)
-            for c in concepts:
-                mask = t / f"{seed}-{c['token'][1:-1]}.png"
-                Image.fromarray((c["mask"] * 255).astype(np.uint8)).save(mask)
-                entry, _ = project.add_concept(img, c["token"], init=c["init"], background=c["background"], gt_mask=mask)
-                info[f"{entry.stem} {c['token']}"] = {"background": c["background"], "shared": images_of[c["token"]] > 1}
-    return info
+    scenes = [(seed, sample_scene(seed).image, [PlannedConcept(c["token"], c["init"], c["background"], c["mask"]) for c in concepts])
+              for seed, concepts in plan]
+    stems = build_project(root, scenes)
+    return {
+        f"{stem} {c['token']}": {"background": c["background"], "shared": images_of[c["token"]] > 1}
+        for stem, (_, concepts) in zip(stems, plan) for c in concepts
+    }
 
 
 # ----------------------------------------------------------------------------- running

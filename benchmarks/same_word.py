@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stats  # noqa: E402
+from scene_projects import PlannedConcept, build_project  # noqa: E402
 from conceptforge.engine.learn import learn_project  # noqa: E402
 from conceptforge.engine.masks import iou  # noqa: E402
-from conceptforge.project import Project  # noqa: E402
 from conceptforge.shapes.world import sample_scene  # noqa: E402
 
 SPLITS = {"dev": 830_000, "test": 940_000}
@@ -71,12 +71,8 @@ def scene_seeds(base: int, per_count: int) -> list[tuple[int, int]]:
 def make_project(root: Path, seed: int, n: int) -> list[np.ndarray]:
     """A project of one scene, every object's token with the same init word; the true object masks."""
     scene = sample_scene(seed, n_objects=n)
-    project = Project.create(root)
-    image = root.parent / f"scene{seed}.png"
-    scene.image.save(image)
-    for k in range(n):
-        project.add_concept(image, f"<o{k}>", init=INIT_WORD)
-    project.add_concept(image, "<bg>", init="background", background=True)
+    concepts = [PlannedConcept(f"<o{k}>", INIT_WORD, False, o.mask) for k, o in enumerate(scene.objects)]
+    build_project(root, [(seed, scene.image, [*concepts, PlannedConcept("<bg>", "background", True, scene.background_mask)])])
     return [o.mask for o in scene.objects]
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -99,28 +100,17 @@ def builtin_worker(device: str, steps: int) -> dict:
 
 def scene_project(root: Path, seeds: list[int]) -> Path:
     """A built-in project of the scenes: one token per object (its shape word) and one per background."""
-    import numpy as np
-    from PIL import Image
+    from scene_projects import PlannedConcept, build_project
 
-    from conceptforge.project import Project
     from conceptforge.shapes.world import sample_scene
 
-    if root.exists():
-        shutil.rmtree(root)
-    project = Project.create(root)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        for seed in seeds:
-            scene = sample_scene(seed)
-            image = t / f"scene{seed}.png"
-            scene.image.save(image)
-            for k, obj in enumerate(scene.objects):
-                mask = t / f"{seed}-o{k}.png"
-                Image.fromarray((obj.mask * 255).astype(np.uint8)).save(mask)
-                project.add_concept(image, f"<s{seed}-o{k}>", init=obj.shape, gt_mask=mask)
-            mask = t / f"{seed}-bg.png"
-            Image.fromarray((scene.background_mask * 255).astype(np.uint8)).save(mask)
-            project.add_concept(image, f"<s{seed}-bg>", init="background", background=True, gt_mask=mask)
+    scenes = []
+    for seed in seeds:
+        scene = sample_scene(seed)
+        concepts = [PlannedConcept(f"<s{seed}-o{k}>", obj.shape, False, obj.mask) for k, obj in enumerate(scene.objects)]
+        concepts.append(PlannedConcept(f"<s{seed}-bg>", "background", True, scene.background_mask))
+        scenes.append((seed, scene.image, concepts))
+    build_project(root, scenes)
     return root
 
 

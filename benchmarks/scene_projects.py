@@ -1,0 +1,45 @@
+"""Built-in projects for the benchmarks: scenes of the shapes world added to a
+fresh project with the tokens and init words a plan gives, each concept with
+its exact mask (so runs record IoUs)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conceptforge.project import Project
+
+
+@dataclass
+class PlannedConcept:
+    """One concept of a scene: its token, init word, background flag and exact mask."""
+
+    token: str
+    init: str
+    background: bool
+    mask: np.ndarray
+
+
+def build_project(root: Path, scenes: list[tuple[int, Image.Image, list[PlannedConcept]]]) -> list[str]:
+    """A fresh project at `root` (an old one there is removed) of the scenes
+    (seed, image, concepts); returns each scene's image stem in the project."""
+    if root.exists():
+        shutil.rmtree(root)
+    project = Project.create(root)
+    stems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for seed, image, concepts in scenes:
+            path = folder / f"scene{seed}.png"
+            image.save(path)
+            for c in concepts:
+                mask = folder / f"{seed}-{c.token.strip('<>')}.png"
+                Image.fromarray((np.asarray(c.mask, bool) * 255).astype(np.uint8)).save(mask)
+                entry, _ = project.add_concept(path, c.token, init=c.init, background=c.background, gt_mask=mask)
+            stems.append(entry.stem)
+    return stems
