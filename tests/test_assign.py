@@ -71,6 +71,17 @@ def test_touching_objects_are_cut_in_two():
     assert not np.array_equal(out[0], out[1])
 
 
+def test_the_cut_goes_through_the_block_of_touching_objects_not_the_largest_object():
+    single = np.zeros((16, 16), np.float32)
+    single[9:15, 2:14] = 1.0  # one large object, 6 x 12 cells
+    left, right = _blob(1, 4, 4), _blob(1, 8, 4)  # two touching objects: one 4 x 8 region, smaller
+    maps = np.stack([single, left, right, 1.0 - np.maximum.reduce([single, left, right])])
+    out = assign_regions(maps, [0, 1, 2], 0.5)
+    assert out[0][single > 0].min() > 0  # the large object stays whole with its concept
+    assert out[1][right > 0].max() == 0 and out[2][left > 0].max() == 0  # the block is shared out
+    assert out[1][left > 0].max() > 0 and out[2][right > 0].max() > 0
+
+
 @pytest.mark.parametrize("objects", [[], [0]])
 def test_fewer_than_two_objects_leave_the_maps_alone(objects):
     maps = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)

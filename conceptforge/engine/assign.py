@@ -6,11 +6,13 @@ two concepts whose maps look alike (two tokens with one init word start
 identical) can split one object between them or both settle on it.  In
 `joint` mode the object concepts of an image compete before the DenseCRF:
 
-1. regions: the connected components of the thresholded foreground (one
-   minus the background concept's map where the image has one, else the
-   maximum of the object concepts' maps); while there are fewer regions than concepts, the largest region is
-   cut in two across its principal axis (two touching objects are one
-   component);
+1. regions: the connected components of the smoothed maximum of the
+   object concepts' maps above the threshold (relative to its peak); while
+   there are fewer regions than concepts, a region is cut in two across its
+   principal axis (two touching objects are one component): the region whose
+   cut lets the concepts' maps be assigned best (a block of two touching
+   objects, not a single object that one concept already covers), the
+   largest where the maps cannot tell (identical twins);
 2. each concept's score for a region is the share of its map's mass that lies
    in the region; a one-to-one assignment maximises the total score
    (Hungarian), ties going to the earlier concept and the earlier region in
@@ -42,7 +44,7 @@ def assign_regions(maps: np.ndarray, objects: list[int], threshold: float) -> np
     maps = np.asarray(maps, np.float32)
     own = maps[objects]
     combined = own.max(axis=0)
-    regions = object_regions(combined, threshold, len(objects))
+    regions = object_regions(combined, threshold, len(objects), own)
     if not regions:
         return maps
     owner = assign(own, regions)
@@ -59,11 +61,12 @@ def assign_regions(maps: np.ndarray, objects: list[int], threshold: float) -> np
     return out
 
 
-def object_regions(combined: np.ndarray, threshold: float, wanted: int) -> list[np.ndarray]:
+def object_regions(combined: np.ndarray, threshold: float, wanted: int, maps: np.ndarray | None = None) -> list[np.ndarray]:
     """Connected regions of the smoothed `combined` above `threshold` of its
-    maximum, in reading order, the largest cut in two while there are fewer
-    than `wanted` and it has two cells.  (Smoothed: an error-rise map is a
-    scatter of cells over an object.)"""
+    maximum, in reading order, one of them cut in two while there are fewer
+    than `wanted`: the cut after which the concepts' `maps` are assigned best
+    (`assignment_score`), the largest region on a tie or without maps.
+    (Smoothed: an error-rise map is a scatter of cells over an object.)"""
     smooth = ndimage.gaussian_filter(np.asarray(combined, np.float64), REGION_BLUR, mode="constant")
     peak = float(smooth.max())
     if peak <= 0:
@@ -71,11 +74,15 @@ def object_regions(combined: np.ndarray, threshold: float, wanted: int) -> list[
     labels, n = ndimage.label(smooth >= threshold * peak, structure=EIGHT_NEIGHBOURS)
     regions = [labels == r for r in range(1, n + 1)]
     while 0 < len(regions) < wanted:
-        largest = max(range(len(regions)), key=lambda r: int(regions[r].sum()))
-        if regions[largest].sum() < 2:
+        cuts = []
+        for r, region in enumerate(regions):
+            if region.sum() >= 2:
+                trial = regions[:r] + list(split_region(region, combined)) + regions[r + 1 :]
+                score = assignment_score(maps, trial) if maps is not None else 0.0
+                cuts.append((round(score, 6), int(region.sum()), -r, trial))
+        if not cuts:
             break
-        a, b = split_region(regions[largest], combined)
-        regions[largest : largest + 1] = [a, b]
+        regions = max(cuts, key=lambda c: c[:3])[3]
     return regions
 
 
@@ -98,10 +105,22 @@ def split_region(region: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np
     return first, second
 
 
+def region_shares(maps: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
+    """(concepts, regions): the share of each concept's map mass in each region."""
+    mass = maps.reshape(len(maps), -1).sum(axis=1) + 1e-8
+    return np.stack([[float((m * r).sum()) for r in regions] for m in maps]) / mass[:, None]
+
+
+def assignment_score(maps: np.ndarray, regions: list[np.ndarray]) -> float:
+    """The total share of their maps' mass the concepts get in the best one-to-one assignment."""
+    score = region_shares(maps, regions)
+    rows, cols = linear_sum_assignment(-score)
+    return float(score[rows, cols].sum())
+
+
 def assign(maps: np.ndarray, regions: list[np.ndarray]) -> list[int]:
     """For each region, the index (into `maps`) of the concept that gets it."""
-    mass = maps.reshape(len(maps), -1).sum(axis=1) + 1e-8
-    score = np.stack([[float((m * r).sum()) for r in regions] for m in maps]) / mass[:, None]
+    score = region_shares(maps, regions)
     rows, cols = linear_sum_assignment(-score)
     owner = [-1] * len(regions)
     for concept, region in zip(rows, cols):
