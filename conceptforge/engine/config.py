@@ -171,9 +171,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # 50 and 25 of the SD's 400 steps / the built-in 200 steps: the schedule follows the budget
     "estep_warmup_fraction": (0.125, 0.25),
     "estep_every_fraction": (0.0625, 0.125),
-    # built-in, 12 dev scenes whose objects all start from "shape": object IoU em 0.785 joint vs
-    # 0.677 independent; 12 dev scenes of distinct words: joint 0.703 vs 0.773, so only tokens that
-    # share an init word compete (benchmarks/results/same_word_dev.md)
+    # built-in, 12 dev scenes whose objects all start from "shape": object IoU em 0.882 joint vs
+    # 0.782 independent (benchmarks/results/same_word_dev.md); 12 dev scenes of distinct words:
+    # joint 0.767 vs 0.773 (ablation_joint.md), no gain, so only tokens that share an init word compete
     "mask_assignment": ("same-word", "same-word"),
     "mask_momentum": (0.5, 0.0),  # built-in: undamped E-steps gave final IoU 0.433 vs 0.399 damped (6 scenes)
     # built-in: no bound on mask growth per E-step; with 2.5x a wrong or tiny first mask
