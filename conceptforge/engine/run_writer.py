@@ -74,7 +74,6 @@ class LiveReport:
         self.failed = False
         self.last_cost: float | None = None
         self.last_end = 0.0
-        self.written = 0
 
     @property
     def path(self) -> Path:
@@ -91,7 +90,7 @@ class LiveReport:
             start = self.clock()
             write_report(self.project_root, self.run.path, self.path)
             self.last_end = self.clock()
-            self.last_cost, self.written = self.last_end - start, self.written + 1
+            self.last_cost = self.last_end - start
         except Exception as exc:  # noqa: BLE001 - a report must never stop learning
             self.failed = True
             self.warn(f"The live report could not be written ({type(exc).__name__}: {exc}); learning goes on.")
