@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SEEDS = {"dev": 820000, "test": 930000}
 TARGET_COUNT, TARGET_IOU = 0.90, 0.75
@@ -34,17 +35,11 @@ TARGET_COUNT, TARGET_IOU = 0.90, 0.75
 
 def matched_iou(proposals: list[np.ndarray], truth: list[np.ndarray]) -> float:
     """Mean over true objects of the IoU of its Hungarian-matched proposal (0 when unmatched)."""
-    from scipy.optimize import linear_sum_assignment
-
-    from conceptforge.engine.masks import iou
+    from scene_projects import matched_ious
 
     if not truth:
         return 1.0 if not proposals else 0.0
-    if not proposals:
-        return 0.0
-    cost = np.array([[iou(t, p) for p in proposals] for t in truth])
-    rows, cols = linear_sum_assignment(-cost)
-    return float(cost[rows, cols].sum() / len(truth))
+    return float(np.mean(matched_ious(proposals, truth)))
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -32,16 +32,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stats  # noqa: E402
-from scene_projects import PlannedConcept, build_project  # noqa: E402
+from scene_projects import PlannedConcept, build_project, matched_ious  # noqa: E402
 from conceptforge.engine.learn import learn_project  # noqa: E402
-from conceptforge.engine.masks import iou  # noqa: E402
 from conceptforge.shapes.world import sample_scene  # noqa: E402
 
 SPLITS = {"dev": 830_000, "test": 940_000}
@@ -86,13 +84,6 @@ def final_masks(root: Path, settings: dict) -> tuple[list[np.ndarray], dict]:
     return [np.asarray(masks[(0, t)], bool) for t in objects], result["timing"]
 
 
-def matched_iou(masks: list[np.ndarray], truth: list[np.ndarray]) -> list[float]:
-    """Per true object, the IoU of the token matched to it (Hungarian on IoU)."""
-    cost = np.array([[iou(m, t) for t in truth] for m in masks])
-    rows, cols = linear_sum_assignment(-cost)
-    return [float(cost[r, c]) for r, c in zip(rows, cols)]
-
-
 def shared_pairs(masks: list[np.ndarray], truth: list[np.ndarray]) -> int:
     """Pairs of tokens one true object holds more than half of each of."""
     def on(m: np.ndarray, t: np.ndarray) -> bool:
@@ -114,7 +105,7 @@ def run(split: str, per_count: int, work: Path) -> dict:
             root.parent.mkdir(parents=True)
             truth = make_project(root, seed, n)
             masks, timing = final_masks(root, settings)
-            unit["modes"][mode] = {"iou": matched_iou(masks, truth), "shared_pairs": shared_pairs(masks, truth),
+            unit["modes"][mode] = {"iou": matched_ious(masks, truth), "shared_pairs": shared_pairs(masks, truth),
                                    "em_seconds": timing["em_seconds"] + timing["estep_seconds"]}
             print(f"[{time.time() - t0:5.0f}s] {seed} ({n} objects) {mode:18s} IoU {np.mean(unit['modes'][mode]['iou']):.3f} "
                   f"shared pairs {unit['modes'][mode]['shared_pairs']}", flush=True)

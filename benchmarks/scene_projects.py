@@ -1,6 +1,7 @@
 """Built-in projects for the benchmarks: scenes of the shapes world added to a
 fresh project with the tokens and init words a plan gives, each concept with
-its exact mask (so runs record IoUs)."""
+its exact mask (so runs record IoUs); and masks scored against a scene's true
+objects when which mask belongs to which object is not known."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
+from conceptforge.engine.masks import iou
 from conceptforge.project import Project
 
 
@@ -43,3 +46,15 @@ def build_project(root: Path, scenes: list[tuple[int, Image.Image, list[PlannedC
                 entry, _ = project.add_concept(path, c.token, init=c.init, background=c.background, gt_mask=mask)
             stems.append(entry.stem)
     return stems
+
+
+def matched_ious(masks: list[np.ndarray], truth: list[np.ndarray]) -> list[float]:
+    """Per true object, the IoU of the mask matched to it one-to-one (Hungarian
+    on IoU, maximising the total); 0 for an object no mask is matched to."""
+    out = [0.0] * len(truth)
+    if not masks or not truth:
+        return out
+    cost = np.array([[iou(m, t) for t in truth] for m in masks])
+    for r, c in zip(*linear_sum_assignment(-cost)):
+        out[c] = float(cost[r, c])
+    return out
