@@ -5,12 +5,15 @@ For each scene: proposals from `engine.discover.discover_concepts` with the give
 settings; count right when the number of object proposals equals the number of
 objects; matched IoU: proposals matched to the true objects by the Hungarian
 method (IoU), unmatched true objects counting 0, averaged per scene, then over
-scenes.  Intervals: Wilson 95% for count accuracy, bootstrap 95% over scenes for IoU.
+scenes.  Intervals: Wilson 95% for count accuracy, bootstrap 95% over scenes for IoU
+(benchmarks/stats.py).
 
 Settings are chosen on the development seeds (from 820000) only; the held-out
 seeds (from 930000) are used for the report and never for choosing.
 
-    python benchmarks/discover.py --threads 1 [--split test] [--per-count 10] [--set merge_distance=0.5]
+    python benchmarks/discover.py --threads 1 [--split test] [--per-count 10] [--set merge_boundary=0.33]
+
+The shipped settings were chosen with `--split dev --per-count 12`.
 
 Writes benchmarks/results/discover.md and discover.json (split test) or discover_dev.* (split dev).
 """
@@ -29,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stats  # noqa: E402
+
 SEEDS = {"dev": 820000, "test": 930000}
 TARGET_COUNT, TARGET_IOU = 0.90, 0.75
 
@@ -43,19 +48,13 @@ def matched_iou(proposals: list[np.ndarray], truth: list[np.ndarray]) -> float:
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion hits / n."""
     if n == 0:
         return 0.0, 0.0
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(values)
-    means = arr[rng.integers(0, len(arr), size=(n, len(arr)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def scenes(split: str, per_count: int) -> list[tuple[int, int]]:
@@ -95,7 +94,7 @@ def summary(rows: list[dict]) -> dict:
     hits = sum(r["objects"] == r["proposed"] for r in rows)
     ious = [r["iou"] for r in rows]
     return {"scenes": len(rows), "count_right": hits / len(rows), "count_ci": wilson(hits, len(rows)),
-            "iou": float(np.mean(ious)), "iou_ci": bootstrap(ious), "seconds": float(np.mean([r["seconds"] for r in rows])),
+            "iou": float(np.mean(ious)), "iou_ci": stats.bootstrap_ci(stats.ratio_of_sums(ious, [1.0] * len(ious)), len(ious)), "seconds": float(np.mean([r["seconds"] for r in rows])),
             "under": sum(r["proposed"] < r["objects"] for r in rows), "over": sum(r["proposed"] > r["objects"] for r in rows)}
 
 

@@ -63,15 +63,54 @@ def test_max_concepts_caps_largest_first(builtin):
     assert iou(found.objects[0].mask, largest.mask) >= 0.9
 
 
-def test_clusters_and_background_rule_without_a_model():
-    # logits of 4x4 positions: a 2x2 block (object) attends to itself, the rest to itself
-    side = 4
-    block = np.zeros((side, side), bool)
+def _two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grey image with a disc (a red cap on the left, the rest blue) overlapped by a green square, with
+    pixel noise as in the built-in world; returns the image and the two objects' visible masks."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    disc = (ys - 24) ** 2 + (xs - 24) ** 2 <= 14**2
+    square = (ys >= 28) & (ys < 50) & (xs >= 32) & (xs < 54)
+    rgb = np.full((size, size, 3), 128.0)
+    rgb[disc & (xs < 18)] = (220, 30, 30)
+    rgb[disc & (xs >= 18)] = (30, 30, 220)
+    rgb[square] = (30, 200, 30)
+    rgb += np.random.default_rng(0).normal(0.0, 4.0, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), disc & ~square, square
+
+
+def test_edge_counts_are_shared_edges_and_perimeters():
+    labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 2]])
+    counts = D.edge_counts(labels)
+    assert counts[0, 1] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1
+    assert counts[0].sum() == 8 and counts[1].sum() == 6  # perimeters, the image's edge (index 3) included
+    assert (counts == counts.T).all() and counts[0, 0] == 0
+
+
+def test_regions_group_into_objects_and_background_without_a_model():
+    # the red cap shares over a third of its perimeter with the blue rest: one object; the square
+    # overlapping the disc shares far less of either and stays its own; grey is the background
+    rgb, disc, square = _two_tone_disc_beside_a_square()
+    seg = D.segment(rgb, None, D.DiscoverSettings())
+    found = [seg.masks[k] for k in seg.objects]
+    assert len(found) == 2
+    assert max(iou(m, disc) for m in found) >= 0.95 and max(iou(m, square) for m in found) >= 0.95
+    assert len(seg.background) == 1 and iou(seg.masks[seg.background[0]], ~(disc | square)) >= 0.95
+    apart = D.segment(rgb, None, D.DiscoverSettings(merge_boundary=0.99))  # no merging: three object regions
+    assert len(apart.objects) == 3
+
+
+def test_attention_rows_merge_touching_regions_below_merge_distance():
+    rgb, disc, square = _two_tone_disc_beside_a_square()
+    side = 16
+    # attention in which every cell looks at all cells alike: any two regions' rows are identical
+    logits = np.zeros((side * side, side * side))
+    logits[0, 0] = 1.0  # not constant, so the temperature is defined
+    merged = D.segment(rgb, logits, D.DiscoverSettings(merge_boundary=0.99, merge_distance=0.2))
+    assert len(merged.objects) == 1 and iou(merged.masks[merged.objects[0]], disc | square) >= 0.95
+
+
+def test_background_is_what_owns_the_border():
+    block = np.zeros((4, 4), bool)
     block[1:3, 1:3] = True
-    same = block.reshape(-1)[:, None] == block.reshape(-1)[None, :]
-    logits = np.where(same, 1.0, -1.0)
-    labels = D.cluster_rows(D.affinity_from_logits(logits, 1.0), 0.5)
-    assert len(set(labels)) == 2 and len(set(labels[block.reshape(-1)])) == 1
     masks = np.stack([~np.kron(block, np.ones((4, 4), bool)), np.kron(block, np.ones((4, 4), bool))])
     back, objects = D.split_background(masks, 0.25)
     assert back == [0] and objects == [1]

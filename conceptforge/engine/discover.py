@@ -1,7 +1,8 @@
 """Propose the concepts of an image without being told how many or where.
 
-The way ConceptExpress finds concepts (clusters of the UNet's self-attention),
-ending in the per-concept masks the learner uses:
+ConceptExpress's idea (group the image by the UNet's self-attention), over
+colour-coherent regions rather than attention cells, ending in the per-concept
+masks the learner uses:
 
 1. Features.  The image is encoded, noised at a few timesteps (a fixed seed)
    and passed through the UNet with an empty prompt; the self-attention
@@ -9,17 +10,17 @@ ending in the per-concept masks the learner uses:
    (16x16 for SD at 512 px and for the built-in model) are averaged over
    heads, layers and timesteps: row i of the (N, N) matrix is where position
    i looks.
-2. Clusters.  Agglomerative clustering (average linkage) of the rows by their
-   Jensen-Shannon distance, cut where the merge distance exceeds
-   `merge_distance` (the model-selection rule: the number of clusters follows
-   from the cut, never from the user), then each cluster's soft map is its
-   members' attention (the cluster propagated once through the self-attention).
-3. Masks.  The soft maps are refined jointly by `masks.refine_masks` (threshold
-   + DenseCRF, every cluster a label, so the masks tile the image).
-4. Background.  A cluster owning at least `background_border` of the image's
-   border pixels is background (two-tone backgrounds give two such clusters;
+2. Regions.  The image is over-segmented into superpixels (Felzenszwalb's
+   graph segmentation, scikit-image; scale and smallest region relative to the
+   image's area), so that every proposal's edge follows an edge of the image.
+3. Grouping.  Each region's attention row is the mean of the rows of the cells
+   it covers; the closest pair of touching groups (Jensen-Shannon distance of
+   their rows) is merged while that distance is under `merge_distance`: the
+   number of groups follows from the cut, never from the user.
+4. Background.  A group owning at least `background_border` of the image's
+   border pixels is background (two-tone backgrounds give two such groups;
    they are merged); when none does, the one owning most of the border is.
-5. Proposals.  Object clusters under `min_area` of the image are dropped, the
+5. Proposals.  Object groups under `min_area` of the image are dropped, the
    rest are kept largest first, at most `max_concepts`.
 6. Init words.  Each candidate word of the model's vocabulary is put in a
    prompt of the model's grammar; its cross-attention (same timesteps) is
@@ -63,13 +64,13 @@ class DiscoverSettings:
     t_min: int = 50
     t_max: int = 400
     sharpness: float = 1.0  # self-attention temperature: logits scaled to this standard deviation before the softmax
-    merge_distance: float = 0.5  # agglomerative cut: Jensen-Shannon distance (0..1) between attention rows
-    min_area: float = 0.01  # an object proposal covers at least this share of the image
-    background_border: float = 0.25  # a cluster owning this share of the border pixels is background
+    superpixel_scale: float = 0.25  # Felzenszwalb's scale as a share of the image's pixel count (larger: larger regions)
+    superpixel_sigma: float = 0.4  # Gaussian smoothing (pixels at the model's resolution) before the superpixels
+    merge_boundary: float = 0.33  # touching object regions merge when their shared edge is this share of the smaller's perimeter
+    merge_distance: float = 0.0  # ... or when their attention rows are closer than this (Jensen-Shannon, 0..1)
+    min_area: float = 0.01  # an object proposal (and a superpixel) covers at least this share of the image
+    background_border: float = 0.25  # a group owning this share of the border pixels is background
     max_concepts: int = 8
-    threshold: float = 0.5
-    crf: bool = True
-    crf_method: str = "photo"
     words_per_prompt: int = 1  # candidate words named in one prompt (SD: several)
 
 
@@ -90,10 +91,10 @@ class Discovery:
 
     objects: list[Proposal]
     background: Proposal | None
-    clusters: int  # clusters before background/size rules
+    clusters: int  # groups before background/size rules
     dropped_small: int = 0
     dropped_cap: int = 0
-    labels: np.ndarray | None = None  # att x att cluster labels
+    labels: np.ndarray | None = None  # S x S group label of every pixel
     rgb: np.ndarray | None = None  # the image at the model's resolution
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -165,7 +166,7 @@ def capture_self_attention(unet, factor: int) -> Iterator[SelfAttentionStore]:
         unet.set_attn_processor(original)
 
 
-# -- clustering ------------------------------------------------------------------------------
+# -- regions and their grouping ----------------------------------------------------------------
 def js_distances(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
     """Condensed pairwise Jensen-Shannon distances (base 2, in [0, 1]) between probability rows."""
     from scipy.spatial.distance import squareform
@@ -185,28 +186,77 @@ def js_distances(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
     return squareform(full, checks=False)
 
 
-def cluster_rows(rows: np.ndarray, merge_distance: float) -> np.ndarray:
-    """Labels 0..C-1 of an agglomerative (average-linkage) clustering cut at `merge_distance`,
-    numbered by first appearance in raster order."""
-    from scipy.cluster.hierarchy import fcluster, linkage
+def superpixels(rgb: np.ndarray, settings: DiscoverSettings) -> np.ndarray:
+    """Felzenszwalb superpixels (H, W) labelled 0..R-1, scale and smallest size relative to the image's area."""
+    from skimage.segmentation import felzenszwalb
 
-    if len(rows) < 2:
-        return np.zeros(len(rows), dtype=np.int64)
-    tree = linkage(js_distances(rows), method="average")
-    raw = fcluster(tree, t=merge_distance, criterion="distance")
-    _, first = np.unique(raw, return_index=True)
-    order = {int(raw[i]): n for n, i in enumerate(sorted(first))}
-    return np.array([order[int(r)] for r in raw], dtype=np.int64)
+    area = rgb.shape[0] * rgb.shape[1]
+    return felzenszwalb(
+        rgb, scale=settings.superpixel_scale * area, sigma=settings.superpixel_sigma,
+        min_size=max(1, int(round(settings.min_area * area))), channel_axis=-1,
+    ).astype(np.int64)
 
 
-def cluster_maps(affinity: np.ndarray, labels: np.ndarray, side: int) -> np.ndarray:
-    """Soft map per cluster (C, side, side): the cluster's one-hot propagated through the attention, min-max normalised."""
-    onehot = (labels[None, :] == np.arange(labels.max() + 1)[:, None]).astype(np.float64)
-    soft = onehot @ affinity.T  # how much each position attends to the cluster
-    soft = soft.reshape(-1, side, side)
-    lo = soft.min(axis=(1, 2), keepdims=True)
-    hi = soft.max(axis=(1, 2), keepdims=True)
-    return ((soft - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+def cell_coverage(labels: np.ndarray, side: int) -> np.ndarray:
+    """(R, side*side): the share of each attention cell that each region of `labels` covers."""
+    from PIL import Image
+
+    cover = []
+    for r in range(int(labels.max()) + 1):
+        layer = Image.fromarray((labels == r).astype(np.float32), mode="F").resize((side, side), Image.BOX)
+        cover.append(np.asarray(layer, dtype=np.float64).reshape(-1))
+    return np.stack(cover)
+
+
+def edge_counts(labels: np.ndarray) -> np.ndarray:
+    """(R + 1, R + 1) symmetric counts of 4-neighbour pixel edges between regions 0..R-1 of
+    `labels`; index R stands for outside the image (so a row sums to the region's perimeter)."""
+    outside = int(labels.max()) + 1
+    padded = np.pad(labels, 1, constant_values=outside)
+    counts = np.zeros((outside + 1, outside + 1), dtype=np.int64)
+    for a, b in ((padded[:, 1:], padded[:, :-1]), (padded[1:, :], padded[:-1, :])):
+        differ = a != b
+        np.add.at(counts, (a[differ], b[differ]), 1)
+    return counts + counts.T
+
+
+def group_regions(regions: list[int], edges: np.ndarray, settings: DiscoverSettings, rows: np.ndarray | None = None) -> dict[int, int]:
+    """Group (a representative region) of each of `regions`: touching groups merge, the pair with the
+    longest shared edge first, while the shared edge is at least `merge_boundary` of the smaller
+    group's perimeter (a region mostly bordered by one other is a part of it, as the two halves of a
+    two-tone object are) or, given the regions' attention `rows` (R, N) and a positive
+    `merge_distance`, their summed rows are closer than that (Jensen-Shannon)."""
+    group = {r: r for r in regions}
+    shared = edges.astype(np.float64)
+    np.fill_diagonal(shared, 0)
+    summed = {r: rows[r].copy() for r in regions} if rows is not None and settings.merge_distance > 0 else {}
+    distances: dict[tuple[int, int], float] = {}
+
+    def close(a: int, b: int) -> bool:
+        if not summed:
+            return False
+        if (a, b) not in distances:
+            distances[a, b] = float(js_distances(np.stack([summed[a], summed[b]]))[0])
+        return distances[a, b] < settings.merge_distance
+
+    while True:
+        live = np.array(sorted(set(group.values())), dtype=np.int64)
+        touching = shared[np.ix_(live, live)]
+        perimeter = shared[live].sum(axis=1)
+        ratio = touching / np.maximum(np.minimum(perimeter[:, None], perimeter[None, :]), 1.0)
+        pairs = [(float(ratio[i, j]), int(live[i]), int(live[j])) for i, j in zip(*np.nonzero(np.triu(touching, 1)))]
+        chosen = [p for p in pairs if p[0] >= settings.merge_boundary or close(p[1], p[2])]
+        if not chosen:
+            return group
+        _, a, b = max(chosen, key=lambda p: (p[0], -p[1], -p[2]))
+        group = {r: (a if g == b else g) for r, g in group.items()}
+        shared[a] += shared[b]
+        shared[:, a] += shared[:, b]
+        shared[b] = shared[:, b] = 0
+        shared[a, a] = 0
+        if summed:
+            summed[a] = summed[a] + summed.pop(b)
+            distances = {k: v for k, v in distances.items() if a not in k and b not in k}
 
 
 def border_shares(masks: np.ndarray) -> np.ndarray:
@@ -347,41 +397,52 @@ def affinity_from_logits(logits: np.ndarray, sharpness: float) -> np.ndarray:
 
 @dataclass
 class Segmentation:
-    """The model-free half of a discovery: cluster masks sorted into background and objects."""
+    """The model-free half of a discovery: grouped regions sorted into background and objects."""
 
-    masks: np.ndarray  # (C, S, S) bool, one per cluster, tiling the image
+    masks: np.ndarray  # (G, S, S) bool, one per group, tiling the image
     background: list[int]
     objects: list[int]  # kept, largest first
     small: list[int]
     capped: list[int]
-    labels: np.ndarray  # (side, side)
+    labels: np.ndarray  # (S, S) group of every pixel
 
 
-def segment(rgb: np.ndarray, logits: np.ndarray, settings: DiscoverSettings) -> Segmentation:
-    """Cluster the self-attention of an image and refine the clusters into masks (no model needed)."""
-    side = int(round(np.sqrt(len(logits))))
-    affinity = affinity_from_logits(logits, settings.sharpness)
-    labels = cluster_rows(affinity, settings.merge_distance)
-    masks = mask_ops.refine_masks(
-        rgb, cluster_maps(affinity, labels, side), threshold=settings.threshold, use_crf=settings.crf,
-        has_background=True, method=settings.crf_method,
-    )
-    back, objects = split_background(masks, settings.background_border)
-    small = [k for k in objects if masks[k].mean() < settings.min_area]
-    objects = sorted((k for k in objects if k not in small and masks[k].any()), key=lambda k: -int(masks[k].sum()))
+def segment(rgb: np.ndarray, logits: np.ndarray | None, settings: DiscoverSettings) -> Segmentation:
+    """Superpixels of the image, the background by the border, the rest grouped into objects
+    (no model needed; the self-attention `logits` only when `merge_distance` is positive)."""
+    regions = superpixels(rgb, settings)
+    count = int(regions.max()) + 1
+    region_masks = regions[None] == np.arange(count)[:, None, None]
+    back, objects = split_background(region_masks, settings.background_border)
+    rows = None
+    if logits is not None:
+        side = int(round(np.sqrt(len(logits))))
+        rows = cell_coverage(regions, side) @ affinity_from_logits(logits, settings.sharpness)
+    group = group_regions(objects, edge_counts(regions), settings, rows)
+    group.update({r: back[0] for r in back})
+    _, numbered = np.unique([group[r] for r in range(count)], return_inverse=True)
+    labels = numbered.reshape(-1)[regions]
+    masks = labels[None] == np.arange(int(labels.max()) + 1)[:, None, None]
+    background = sorted({int(numbered[r]) for r in back})
+    candidates = [k for k in range(len(masks)) if k not in background]
+    small = [k for k in candidates if masks[k].mean() < settings.min_area]
+    objects = sorted((k for k in candidates if k not in small), key=lambda k: (-int(masks[k].sum()), k))
     cap = settings.max_concepts
-    return Segmentation(masks, back, objects[:cap], small, objects[cap:], labels.reshape(side, side))
+    return Segmentation(masks, background, objects[:cap], small, objects[cap:], labels)
 
 
 # -- the whole proposal ----------------------------------------------------------------------------
-def image_features(model, rgb: np.ndarray, settings: DiscoverSettings) -> tuple[torch.Tensor, list, np.ndarray]:
-    """The image's latents, the seeded (timestep, noise) draws and the mean self-attention logits."""
+def image_features(model, rgb: np.ndarray, settings: DiscoverSettings) -> tuple[torch.Tensor, list, np.ndarray | None]:
+    """The image's latents, the seeded (timestep, noise) draws and, when grouping uses them
+    (`merge_distance` > 0), the mean self-attention logits."""
     from .attention import capture_factor
     from .data import encode_image
 
     latents = encode_image(model, rgb)
-    factor = capture_factor(model.unet, model.latent, model.att)
     draws = _draws(settings, tuple(latents.shape))
+    if settings.merge_distance <= 0:
+        return latents, draws, None
+    factor = capture_factor(model.unet, model.latent, model.att)
     return latents, draws, attention_logits(model, latents, draws, factor)
 
 
@@ -410,14 +471,14 @@ def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, origin
     background = proposal(seg.masks[seg.background].any(axis=0), True) if seg.background else None
     found = [proposal(seg.masks[k], False) for k in seg.objects]
     timings = {"features_s": features_s, "cluster_s": cluster_s, "total_s": time.perf_counter() - started}
-    clusters = int(seg.labels.max()) + 1
+    clusters = len(seg.masks)
     return Discovery(found, background, clusters, len(seg.small), len(seg.capped), seg.labels, rgb, timings)
 
 
 # -- a project's model, settings and outputs ---------------------------------------------------------
 def settings_for(cfg, is_builtin: bool, **overrides) -> DiscoverSettings:
-    """Discovery settings following a project's resolved learn settings (its CRF, threshold, seed)."""
-    base = dict(seed=cfg.seed, threshold=cfg.threshold, crf=cfg.crf, crf_method=cfg.crf_method, words_per_prompt=1 if is_builtin else 8)
+    """Discovery settings following a project's resolved learn settings (its seed) and model family."""
+    base = dict(seed=cfg.seed, words_per_prompt=1 if is_builtin else 8)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return DiscoverSettings(**base)
 
