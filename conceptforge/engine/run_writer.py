@@ -54,7 +54,7 @@ class RunWriter:
             atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
 
 
-REPORT_SHARE = 0.1  # the most of a run's time the live report may take
+REPORT_SHARE = 0.03  # the most of a run's time the live report may take (EM's whole cost target is 10%)
 
 
 class LiveReport:
