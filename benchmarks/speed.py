@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,26 +128,33 @@ def two_object_seeds(n: int, start: int = 700_000) -> list[int]:
     return seeds
 
 
-def multi_worker(device: str, images: int, settings: dict) -> dict:
-    """learn --masks em and --masks fixed on one project of `images` scenes."""
+def multi_worker(device: str, images: int, settings: dict, repeats: int = 3) -> dict:
+    """learn --masks em and --masks fixed on one project of `images` scenes, `repeats` times each,
+    alternating which goes first (the machine's drift falls on both alike)."""
     from conceptforge.engine.evaluate import iou_curves
     from conceptforge.engine.learn import learn_project
     from conceptforge.engine.runs import find_run
 
     seeds = two_object_seeds(images)
-    out: dict = {"images": images, "concepts": 3 * images, "settings": settings}
+    out: dict = {"images": images, "concepts": 3 * images, "settings": settings, "em": [], "fixed": []}
     tmp = Path(tempfile.mkdtemp())
     # a short run first loads the model and the libraries, so that neither timed run pays for that
     learn_project(scene_project(tmp / "warm-up", seeds[:1]), {"masks": "fixed", "em_steps": 2, "joint_steps": 0, "device": device}, resume=False)
-    for mode in ("em", "fixed"):
-        root = scene_project(tmp / mode, seeds)
-        t = time.perf_counter()
-        result = learn_project(root, {"masks": mode, "joint_steps": 0, "device": device, **settings}, resume=False)
-        wall = time.perf_counter() - t
-        curves = iou_curves(find_run(root / "runs", result["run"]))
-        out[mode] = {"wall_s": wall, **result["timing"], "e_steps": result["iterations"], "final_iou": curves["mean_final"]}
+    for r in range(repeats):
+        for mode in ("em", "fixed") if r % 2 == 0 else ("fixed", "em"):
+            root = scene_project(tmp / f"{mode}-{r}", seeds)
+            t = time.perf_counter()
+            result = learn_project(root, {"masks": mode, "joint_steps": 0, "device": device, **settings}, resume=False)
+            wall = time.perf_counter() - t
+            curves = iou_curves(find_run(root / "runs", result["run"]))
+            out[mode].append({"wall_s": wall, **result["timing"], "e_steps": result["iterations"], "final_iou": curves["mean_final"]})
     shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median of every figure over repeated runs."""
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
 
 
 # --------------------------------------------------------------------------- 3. SD-1.5-configured
@@ -338,21 +347,23 @@ def example_rows(b: dict) -> list[str]:
 
 def multi_rows(rows: list[dict]) -> list[str]:
     lines = [
-        "| project | settings | EM-phase training | later E-steps | share of training time | first E-step per image | learn em / fixed (wall) | final IoU em / fixed |",
+        "| project | settings | EM-phase training | later E-steps | share of training time | first E-step per image | learn em / fixed (wall; median, range) | final IoU em / fixed |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| | failed: {r['error']} | | | | | | |")
             continue
-        em, fx = r["em"], r["fixed"]
+        em, fx = median_run(r["em"]), median_run(r["fixed"])
+        ratios = [e["wall_s"] / f["wall_s"] for e, f in zip(r["em"], r["fixed"])]
         step = em["em_seconds"] / max(1, em["em_steps_timed"])
         share = em["estep_seconds"] / em["em_seconds"]
         first = em["first_estep_seconds"] / r["images"] / step
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         lines.append(
-            f"| {r['images']} images, {r['concepts']} concepts | {settings} | {em['em_seconds']:.1f} s | {em['estep_seconds']:.1f} s ({em['e_steps'] - 1} E-steps) "
-            f"| +{share:.0%} | {first:.0f} training steps | {em['wall_s'] / fx['wall_s']:.2f}x | {em['final_iou']:.3f} / {fx['final_iou']:.3f} |"
+            f"| {r['images']} images, {r['concepts']} concepts | {settings} | {em['em_seconds']:.1f} s | {em['estep_seconds']:.1f} s ({em['e_steps'] - 1:.0f} E-steps) "
+            f"| +{share:.0%} | {first:.0f} training steps | {np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {em['final_iou']:.3f} / {fx['final_iou']:.3f} |"
         )
     return lines
 
@@ -362,6 +373,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", default="3,10", help="image counts of the several-image projects")
+    ap.add_argument("--repeats", type=int, default=3, help="em and fixed runs per several-image project (medians reported)")
     ap.add_argument("--set", action="append", default=[], help="a setting for the several-image rows (KEY=VALUE; repeatable); the defaults row is always run")
     ap.add_argument("--skip-builtin", action="store_true", help="leave out the built-in model's blocks (example and several images)")
     ap.add_argument("--skip-sd", action="store_true")
@@ -409,9 +421,10 @@ def main() -> None:
         lines += [f"failed: {b['error']}"] if "error" in b else example_rows(b)
         print("\n".join(lines), flush=True)
 
-        lines += ["", "## EM on projects of several images (built-in model, 200 EM steps, no joint phase; em and fixed in one process after a warm-up run; wall: the whole `learn`, live report included)", ""]
+        lines += ["", "## EM on projects of several images (built-in model, 200 EM steps, no joint phase; em and fixed alternating in one process after a warm-up run, medians of the repeats; wall: the whole `learn`, live report included)", ""]
         variants = [{}] + ([parse_set_option(args.set)] if args.set else [])
-        multi = [spawn("multi", device=args.device, images=int(n), settings=v) for v in variants for n in args.images.split(",") if n]
+        multi = [spawn("multi", device=args.device, images=int(n), settings=v, repeats=args.repeats)
+                 for v in variants for n in args.images.split(",") if n]
         record["multi"] = multi
         lines += multi_rows(multi)
         print("\n".join(lines[-len(multi) - 2 :]), flush=True)
