@@ -132,3 +132,44 @@ def test_by_default_only_tokens_that_share_an_init_word_compete():
     assert assignment_groups(data, "same-word") == [[0, 1]]
     assert assignment_groups(data, "joint") == [[0, 1, 2, 3]]
     assert assignment_groups(data, "independent") == []
+
+
+def _two_tone_block_beside_another(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grey image, pixel noise as in the built-in world: object A (24x24 px: a red strip on the
+    left, the rest blue) and object B (green) touching A's right side; their pixel masks."""
+    a = np.zeros((size, size), bool)
+    a[16:40, 8:32] = True
+    b = np.zeros((size, size), bool)
+    b[28:52, 32:48] = True
+    rgb = np.full((size, size, 3), 128.0)
+    rgb[a] = (40, 40, 220)
+    rgb[16:40, 8:16] = (220, 40, 40)
+    rgb[b] = (40, 200, 40)
+    rgb += np.random.default_rng(0).normal(0.0, 4.0, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), a, b
+
+
+def test_with_the_image_twins_take_whole_objects_a_two_tone_one_included():
+    rgb, a, b = _two_tone_block_beside_another()
+    cells = lambda m: (m.reshape(16, 4, 16, 4).mean(axis=(1, 3)) > 0.5).astype(np.float32)  # noqa: E731
+    both = np.maximum(cells(a), cells(b))
+    maps = np.stack([both, both, 1.0 - both])  # two tokens with one init word: the same map
+    masks = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb))
+    share = lambda m, obj: float((m & obj).sum() / obj.sum())  # noqa: E731
+    assert share(masks[0], a) > 0.9 and share(masks[0], b) < 0.05  # the two-tone object whole, to the first in reading order
+    assert share(masks[1], b) > 0.9 and share(masks[1], a) < 0.05
+
+
+def test_an_object_no_twin_takes_is_left_to_the_maps():
+    # three objects in the image, two twins whose maps cover all three: the third is nobody's,
+    # so both twins' maps stay as they were there (no token is handed two objects)
+    a, b, c = _blob(1, 1), _blob(1, 10), _blob(10, 5)
+    rgb = _image(a, b, c)
+    rgb = np.clip(rgb + np.random.default_rng(0).normal(0.0, 4.0, rgb.shape), 0, 255).astype(np.uint8)
+    twin0 = np.maximum(a, c * 0.9)
+    twin1 = np.maximum(b, c * 0.8)
+    maps = np.stack([twin0, twin1, 1.0 - np.maximum(np.maximum(a, b), c)])
+    out = assign_regions(maps, [0, 1], 0.5, rgb)
+    assert out[0][a > 0].min() > 0.9 and out[0][b > 0].max() == 0
+    assert out[1][b > 0].min() > 0.9 and out[1][a > 0].max() == 0
+    np.testing.assert_array_equal(out[:2, c > 0], maps[:2, c > 0])

@@ -10,6 +10,7 @@ import yaml
 
 from cli_helpers import FAST_SETTINGS, cf, tree_digest
 from conceptforge.engine import discover as D
+from conceptforge.engine import regions
 from conceptforge.engine.masks import iou
 from conceptforge.shapes.world import sample_scene
 
@@ -66,7 +67,7 @@ def test_max_concepts_caps_largest_first(builtin):
 def _two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A grey image with a disc (a red cap on the left, the rest blue) overlapped by a green square, with
     pixel noise as in the built-in world; returns the image and the two objects' visible masks."""
-    ys, xs = np.mgrid[0:size, 0:size]
+    ys, xs = np.mgrid[0:size, 0:size] * (64 / size)  # drawn on a 64 px canvas, sampled at `size`
     disc = (ys - 24) ** 2 + (xs - 24) ** 2 <= 14**2
     square = (ys >= 28) & (ys < 50) & (xs >= 32) & (xs < 54)
     rgb = np.full((size, size, 3), 128.0)
@@ -79,7 +80,7 @@ def _two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarr
 
 def test_edge_counts_are_shared_edges_and_perimeters():
     labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 2]])
-    counts = D.edge_counts(labels)
+    counts = regions.edge_counts(labels)
     assert counts[0, 1] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1
     assert counts[0].sum() == 8 and counts[1].sum() == 6  # perimeters, the image's edge (index 3) included
     assert (counts == counts.T).all() and counts[0, 0] == 0
@@ -98,21 +99,40 @@ def test_regions_group_into_objects_and_background_without_a_model():
     assert len(apart.objects) == 3
 
 
-def test_attention_rows_merge_touching_regions_below_merge_distance():
+def test_attention_groups_superpixels_before_the_background_is_taken():
+    # attention in which object cells look at object cells and background cells at background
+    # cells: the disc's two parts and the square become one group before the border rule
     rgb, disc, square = _two_tone_disc_beside_a_square()
     side = 16
-    # attention in which every cell looks at all cells alike: any two regions' rows are identical
-    logits = np.zeros((side * side, side * side))
-    logits[0, 0] = 1.0  # not constant, so the temperature is defined
-    merged = D.segment(rgb, logits, D.DiscoverSettings(merge_boundary=0.99, merge_distance=0.2))
+    cells = (disc | square).reshape(side, 4, side, 4).mean(axis=(1, 3)).reshape(-1) > 0.5
+    logits = np.where(cells[:, None] == cells[None, :], 1.0, -1.0)
+    settings = D.DiscoverSettings(merge_boundary=0.99, merge_distance=0.2)
+    merged = D.segment(rgb, logits, settings)
     assert len(merged.objects) == 1 and iou(merged.masks[merged.objects[0]], disc | square) >= 0.95
+    assert len(D.segment(rgb, None, settings).objects) == 3  # without attention: three parts
+
+
+def test_sd_family_groups_superpixels_by_the_models_self_attention(tiny_model, tmp_path):
+    from conceptforge.project import Project
+
+    model, cfg = D.load_project_model(Project.create(tmp_path / "p", model=str(tiny_model)), "cpu")
+    settings = D.settings_for(cfg, False)
+    assert settings.merge_distance > 0 and settings.words_per_prompt > 1
+    rgb, _, _ = _two_tone_disc_beside_a_square(model.size)
+    found = D.discover_concepts(model, rgb, settings)
+    cover = sum(p.mask.astype(int) for p in found.proposals)
+    assert found.labels.shape == rgb.shape[:2] and (cover == 1).all()  # the proposals tile the image
+    # the random tiny model's self-attention is nearly uniform: it groups every superpixel with its
+    # neighbours, which the image alone would keep apart
+    alone = D.discover_concepts(model, rgb, D.settings_for(cfg, False, merge_distance=0.0))
+    assert found.clusters < alone.clusters and len(alone.objects) >= 1
 
 
 def test_background_is_what_owns_the_border():
     block = np.zeros((4, 4), bool)
     block[1:3, 1:3] = True
     masks = np.stack([~np.kron(block, np.ones((4, 4), bool)), np.kron(block, np.ones((4, 4), bool))])
-    back, objects = D.split_background(masks, 0.25)
+    back, objects = regions.split_background(masks, 0.25)
     assert back == [0] and objects == [1]
 
 

@@ -6,18 +6,25 @@ two concepts whose maps look alike (two tokens with one init word start
 identical) can split one object between them or both settle on it.  In
 `joint` mode the object concepts of an image compete before the DenseCRF:
 
-1. regions: the connected components of the smoothed maximum of the
-   object concepts' maps above the threshold (relative to its peak); while
-   there are fewer regions than concepts, a region is cut in two across its
-   principal axis (two touching objects are one component): the region whose
-   cut lets the concepts' maps be assigned best (a block of two touching
-   objects, not a single object that one concept already covers), the
-   largest where the maps cannot tell (identical twins);
+1. regions (`assignment_regions`):
+   - `image`: the image's objects, cut from the image itself
+     (`regions.image_regions`: superpixels, the background by the border, the
+     rest grouped by the edges they share, so the two halves of a two-tone
+     object are one region), on the maps' grid;
+   - `maps`: the connected components of the smoothed maximum of the object
+     concepts' maps above the threshold (relative to its peak);
+   while there are fewer regions than concepts, a region is cut in two across
+   its principal axis (two touching objects can be one region): the region
+   whose cut lets the concepts' maps be assigned best (a block of two
+   touching objects, not a single object that one concept already covers),
+   the largest where the maps cannot tell (identical twins);
 2. each concept's score for a region is the share of its map's mass that lies
    in the region; a one-to-one assignment maximises the total score
    (Hungarian), ties going to the earlier concept and the earlier region in
    reading order, so identical maps still get different regions; a region
-   left over joins the nearest assigned one;
+   left over joins the nearest assigned one when it came from the maps (a
+   piece of an object) and is left to the maps when it is one of the image's
+   objects (one none of the concepts took);
 3. each concept's map is set to zero on the regions of the other concepts
    and raised to the foreground level on its own.
 
@@ -35,19 +42,21 @@ EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
 
 
-def assign_regions(maps: np.ndarray, objects: list[int], threshold: float) -> np.ndarray:
+def assign_regions(maps: np.ndarray, objects: list[int], threshold: float, rgb: np.ndarray | None = None) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them (the others are
-    background concepts)."""
+    background concepts).  With the image `rgb`, the regions are the image's
+    objects (`image_parts`) and an object no concept takes is left to the maps."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)
     own = maps[objects]
     combined = own.max(axis=0)
-    regions = object_regions(combined, threshold, len(objects), own)
+    parts = image_parts(rgb, combined.shape[0]) if rgb is not None else []
+    regions = object_regions(combined, threshold, len(objects), own, parts)
     if not regions:
         return maps
-    owner = assign(own, regions)
+    owner = assign(own, regions, leftovers_join=not parts)
     out = maps.copy()
     for j, k in enumerate(objects):
         mine = np.zeros(own.shape[1:], dtype=bool)
@@ -55,24 +64,43 @@ def assign_regions(maps: np.ndarray, objects: list[int], threshold: float) -> np
         for r, o in enumerate(owner):
             if o == j:
                 mine |= regions[r]
-            else:
+            elif o >= 0:
                 others |= regions[r]
         out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], combined), out[k]))
     return out
 
 
-def object_regions(combined: np.ndarray, threshold: float, wanted: int, maps: np.ndarray | None = None) -> list[np.ndarray]:
-    """Connected regions of the smoothed `combined` above `threshold` of its
-    maximum, in reading order, one of them cut in two while there are fewer
-    than `wanted`: the cut after which the concepts' `maps` are assigned best
-    (`assignment_score`), the largest region on a tie or without maps.
-    (Smoothed: an error-rise map is a scatter of cells over an object.)"""
+def foreground_cells(combined: np.ndarray, threshold: float) -> np.ndarray:
+    """Cells where the smoothed `combined` is at least `threshold` of its maximum (none when it is flat
+    zero).  Smoothed: an error-rise map is a scatter of cells over an object."""
     smooth = ndimage.gaussian_filter(np.asarray(combined, np.float64), REGION_BLUR, mode="constant")
     peak = float(smooth.max())
-    if peak <= 0:
-        return []
-    labels, n = ndimage.label(smooth >= threshold * peak, structure=EIGHT_NEIGHBOURS)
-    regions = [labels == r for r in range(1, n + 1)]
+    return smooth >= threshold * peak if peak > 0 else np.zeros(smooth.shape, dtype=bool)
+
+
+def image_parts(rgb: np.ndarray, side: int) -> list[np.ndarray]:
+    """The image's objects (`regions.image_regions`) as cells of the maps' side x side grid,
+    each cell to the object or background that covers most of it."""
+    from .regions import RegionRules, cell_coverage, image_regions
+
+    cut = image_regions(np.asarray(rgb), RegionRules())
+    owner = cell_coverage(cut.labels, side).argmax(axis=0).reshape(side, side)
+    cells = [owner == g for g in cut.objects]
+    return [c for c in cells if c.any()]
+
+
+def object_regions(
+    combined: np.ndarray, threshold: float, wanted: int, maps: np.ndarray | None = None, initial: list[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """The `initial` regions or else the connected regions of `foreground_cells`, in reading
+    order, one of them cut in two while there are fewer than `wanted`: the cut after which the
+    concepts' `maps` are assigned best (`assignment_score`), the largest region on a tie or
+    without maps."""
+    if initial:
+        regions = list(initial)
+    else:
+        labels, n = ndimage.label(foreground_cells(combined, threshold), structure=EIGHT_NEIGHBOURS)
+        regions = [labels == r for r in range(1, n + 1)]
     while 0 < len(regions) < wanted:
         cuts = []
         for r, region in enumerate(regions):
@@ -118,13 +146,17 @@ def assignment_score(maps: np.ndarray, regions: list[np.ndarray]) -> float:
     return float(score[rows, cols].sum())
 
 
-def assign(maps: np.ndarray, regions: list[np.ndarray]) -> list[int]:
-    """For each region, the index (into `maps`) of the concept that gets it."""
+def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True) -> list[int]:
+    """For each region, the index (into `maps`) of the concept that gets it; a region left over
+    joins the nearest assigned one (a piece of an object), or with `leftovers_join` off stays
+    nobody's (-1: a whole object of the image that none of the concepts took)."""
     score = region_shares(maps, regions)
     rows, cols = linear_sum_assignment(-score)
     owner = [-1] * len(regions)
     for concept, region in zip(rows, cols):
         owner[region] = int(concept)
+    if not leftovers_join:
+        return owner
     centres = [np.argwhere(r).mean(axis=0) for r in regions]
     assigned = [r for r, o in enumerate(owner) if o >= 0]
     for r, o in enumerate(owner):  # a left-over piece joins the nearest assigned region

@@ -1,28 +1,18 @@
 """Propose the concepts of an image without being told how many or where.
 
-ConceptExpress's idea (group the image by the UNet's self-attention), over
-colour-coherent regions rather than attention cells, ending in the per-concept
-masks the learner uses:
-
-1. Features.  The image is encoded, noised at a few timesteps (a fixed seed)
+1. Regions.  `regions.image_regions` cuts the image at the model's resolution
+   into superpixels, takes those owning the image's border as the background
+   and groups the rest into objects by the edges they share (and, with a
+   positive `merge_distance`, by the UNet's self-attention, ConceptExpress's
+   signal: the image is encoded, noised at a few timesteps with a fixed seed
    and passed through the UNet with an empty prompt; the self-attention
-   probabilities of the layers at the cross-attention capture resolution
-   (16x16 for SD at 512 px and for the built-in model) are averaged over
-   heads, layers and timesteps: row i of the (N, N) matrix is where position
-   i looks.
-2. Regions.  The image is over-segmented into superpixels (Felzenszwalb's
-   graph segmentation, scikit-image; scale and smallest region relative to the
-   image's area), so that every proposal's edge follows an edge of the image.
-3. Grouping.  Each region's attention row is the mean of the rows of the cells
-   it covers; the closest pair of touching groups (Jensen-Shannon distance of
-   their rows) is merged while that distance is under `merge_distance`: the
-   number of groups follows from the cut, never from the user.
-4. Background.  A group owning at least `background_border` of the image's
-   border pixels is background (two-tone backgrounds give two such groups;
-   they are merged); when none does, the one owning most of the border is.
-5. Proposals.  Object groups under `min_area` of the image are dropped, the
-   rest are kept largest first, at most `max_concepts`.
-6. Init words.  Each candidate word of the model's vocabulary is put in a
+   probabilities at the cross-attention capture resolution, averaged over
+   heads, layers and timesteps, give each superpixel the mean row of the cells
+   it covers).  The number of objects follows from the rules, never from the
+   user.
+2. Proposals.  Objects under `min_area` of the image are dropped, the rest are
+   kept largest first, at most `max_concepts`.
+3. Init words.  Each candidate word of the model's vocabulary is put in a
    prompt of the model's grammar; its cross-attention (same timesteps) is
    compared with each region: the word whose min-max normalised map is highest
    inside the region relative to outside it is suggested.
@@ -34,7 +24,7 @@ Writes nothing.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
@@ -43,6 +33,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from . import masks as mask_ops
 from .attention import attention_logits as layer_attention_logits, cross_attention_factors
+from .regions import RegionRules, cell_coverage, image_regions
 
 # nouns tried as init words for SD-family models (those the tokenizer has as one token are kept)
 SD_CANDIDATE_WORDS: tuple[str, ...] = (
@@ -64,14 +55,20 @@ class DiscoverSettings:
     t_min: int = 50
     t_max: int = 400
     sharpness: float = 1.0  # self-attention temperature: logits scaled to this standard deviation before the softmax
-    superpixel_scale: float = 0.25  # Felzenszwalb's scale as a share of the image's pixel count (larger: larger regions)
-    superpixel_sigma: float = 0.4  # Gaussian smoothing (pixels at the model's resolution) before the superpixels
-    merge_boundary: float = 0.33  # touching object regions merge when their shared edge is this share of the smaller's perimeter
-    merge_distance: float = 0.0  # ... or when their attention rows are closer than this (Jensen-Shannon, 0..1)
-    min_area: float = 0.01  # an object proposal (and a superpixel) covers at least this share of the image
-    background_border: float = 0.25  # a group owning this share of the border pixels is background
+    # how the image is cut into background and objects (regions.RegionRules)
+    superpixel_scale: float = RegionRules.superpixel_scale
+    superpixel_sigma: float = RegionRules.superpixel_sigma
+    merge_boundary: float = RegionRules.merge_boundary
+    merge_distance: float = RegionRules.merge_distance
+    superpixel_min_area: float = RegionRules.superpixel_min_area
+    min_area: float = 0.01  # the smallest object proposal, as a share of the image
+    background_border: float = RegionRules.background_border
     max_concepts: int = 8
     words_per_prompt: int = 1  # candidate words named in one prompt (SD: several)
+
+    def rules(self) -> RegionRules:
+        """The region rules among these settings."""
+        return RegionRules(**{f.name: getattr(self, f.name) for f in fields(RegionRules)})
 
 
 @dataclass
@@ -164,115 +161,6 @@ def capture_self_attention(unet, factor: int) -> Iterator[SelfAttentionStore]:
         yield store
     finally:
         unet.set_attn_processor(original)
-
-
-# -- regions and their grouping ----------------------------------------------------------------
-def js_distances(rows: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Condensed pairwise Jensen-Shannon distances (base 2, in [0, 1]) between probability rows."""
-    from scipy.spatial.distance import squareform
-
-    p = np.clip(rows.astype(np.float64), 1e-12, None)
-    p /= p.sum(axis=1, keepdims=True)
-    plogp = (p * np.log2(p)).sum(axis=1)
-    n = len(p)
-    full = np.zeros((n, n))
-    for start in range(0, n, chunk):
-        a = p[start : start + chunk, None, :]
-        m = (a + p[None, :, :]) / 2
-        cross = (m * np.log2(m)).sum(axis=2)  # -H(m)
-        full[start : start + chunk] = 0.5 * (plogp[start : start + chunk, None] + plogp[None, :]) - cross
-    full = np.sqrt(np.clip((full + full.T) / 2, 0.0, 1.0))
-    np.fill_diagonal(full, 0.0)
-    return squareform(full, checks=False)
-
-
-def superpixels(rgb: np.ndarray, settings: DiscoverSettings) -> np.ndarray:
-    """Felzenszwalb superpixels (H, W) labelled 0..R-1, scale and smallest size relative to the image's area."""
-    from skimage.segmentation import felzenszwalb
-
-    area = rgb.shape[0] * rgb.shape[1]
-    return felzenszwalb(
-        rgb, scale=settings.superpixel_scale * area, sigma=settings.superpixel_sigma,
-        min_size=max(1, int(round(settings.min_area * area))), channel_axis=-1,
-    ).astype(np.int64)
-
-
-def cell_coverage(labels: np.ndarray, side: int) -> np.ndarray:
-    """(R, side*side): the share of each attention cell that each region of `labels` covers."""
-    from PIL import Image
-
-    cover = []
-    for r in range(int(labels.max()) + 1):
-        layer = Image.fromarray((labels == r).astype(np.float32), mode="F").resize((side, side), Image.BOX)
-        cover.append(np.asarray(layer, dtype=np.float64).reshape(-1))
-    return np.stack(cover)
-
-
-def edge_counts(labels: np.ndarray) -> np.ndarray:
-    """(R + 1, R + 1) symmetric counts of 4-neighbour pixel edges between regions 0..R-1 of
-    `labels`; index R stands for outside the image (so a row sums to the region's perimeter)."""
-    outside = int(labels.max()) + 1
-    padded = np.pad(labels, 1, constant_values=outside)
-    counts = np.zeros((outside + 1, outside + 1), dtype=np.int64)
-    for a, b in ((padded[:, 1:], padded[:, :-1]), (padded[1:, :], padded[:-1, :])):
-        differ = a != b
-        np.add.at(counts, (a[differ], b[differ]), 1)
-    return counts + counts.T
-
-
-def group_regions(regions: list[int], edges: np.ndarray, settings: DiscoverSettings, rows: np.ndarray | None = None) -> dict[int, int]:
-    """Group (a representative region) of each of `regions`: touching groups merge, the pair with the
-    longest shared edge first, while the shared edge is at least `merge_boundary` of the smaller
-    group's perimeter (a region mostly bordered by one other is a part of it, as the two halves of a
-    two-tone object are) or, given the regions' attention `rows` (R, N) and a positive
-    `merge_distance`, their summed rows are closer than that (Jensen-Shannon)."""
-    group = {r: r for r in regions}
-    shared = edges.astype(np.float64)
-    np.fill_diagonal(shared, 0)
-    summed = {r: rows[r].copy() for r in regions} if rows is not None and settings.merge_distance > 0 else {}
-    distances: dict[tuple[int, int], float] = {}
-
-    def close(a: int, b: int) -> bool:
-        if not summed:
-            return False
-        if (a, b) not in distances:
-            distances[a, b] = float(js_distances(np.stack([summed[a], summed[b]]))[0])
-        return distances[a, b] < settings.merge_distance
-
-    while True:
-        live = np.array(sorted(set(group.values())), dtype=np.int64)
-        touching = shared[np.ix_(live, live)]
-        perimeter = shared[live].sum(axis=1)
-        ratio = touching / np.maximum(np.minimum(perimeter[:, None], perimeter[None, :]), 1.0)
-        pairs = [(float(ratio[i, j]), int(live[i]), int(live[j])) for i, j in zip(*np.nonzero(np.triu(touching, 1)))]
-        chosen = [p for p in pairs if p[0] >= settings.merge_boundary or close(p[1], p[2])]
-        if not chosen:
-            return group
-        _, a, b = max(chosen, key=lambda p: (p[0], -p[1], -p[2]))
-        group = {r: (a if g == b else g) for r, g in group.items()}
-        shared[a] += shared[b]
-        shared[:, a] += shared[:, b]
-        shared[b] = shared[:, b] = 0
-        shared[a, a] = 0
-        if summed:
-            summed[a] = summed[a] + summed.pop(b)
-            distances = {k: v for k, v in distances.items() if a not in k and b not in k}
-
-
-def border_shares(masks: np.ndarray) -> np.ndarray:
-    """Share of the image's border pixels each mask (K, H, W) owns."""
-    border = np.zeros(masks.shape[1:], dtype=bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    return masks[:, border].sum(axis=1) / border.sum()
-
-
-def split_background(masks: np.ndarray, share: float) -> tuple[list[int], list[int]]:
-    """(background indices, object indices): masks owning at least `share` of the border, else the one owning most."""
-    shares = border_shares(masks)
-    back = [k for k in range(len(masks)) if shares[k] >= share and masks[k].any()]
-    if not back and len(masks):
-        back = [int(np.argmax(shares))]
-    return back, [k for k in range(len(masks)) if k not in back]
 
 
 # -- the model passes ---------------------------------------------------------------------
@@ -407,28 +295,25 @@ class Segmentation:
     labels: np.ndarray  # (S, S) group of every pixel
 
 
+def attention_rows(logits: np.ndarray, sharpness: float):
+    """A function from pixel labels to each label's attention row: the rows of the cells it
+    covers, weighted by how much of each it covers."""
+    side = int(round(np.sqrt(len(logits))))
+    affinity = affinity_from_logits(logits, sharpness)
+    return lambda pixels: cell_coverage(pixels, side) @ affinity
+
+
 def segment(rgb: np.ndarray, logits: np.ndarray | None, settings: DiscoverSettings) -> Segmentation:
-    """Superpixels of the image, the background by the border, the rest grouped into objects
-    (no model needed; the self-attention `logits` only when `merge_distance` is positive)."""
-    regions = superpixels(rgb, settings)
-    count = int(regions.max()) + 1
-    region_masks = regions[None] == np.arange(count)[:, None, None]
-    back, objects = split_background(region_masks, settings.background_border)
-    rows = None
-    if logits is not None:
-        side = int(round(np.sqrt(len(logits))))
-        rows = cell_coverage(regions, side) @ affinity_from_logits(logits, settings.sharpness)
-    group = group_regions(objects, edge_counts(regions), settings, rows)
-    group.update({r: back[0] for r in back})
-    _, numbered = np.unique([group[r] for r in range(count)], return_inverse=True)
-    labels = numbered.reshape(-1)[regions]
-    masks = labels[None] == np.arange(int(labels.max()) + 1)[:, None, None]
-    background = sorted({int(numbered[r]) for r in back})
-    candidates = [k for k in range(len(masks)) if k not in background]
-    small = [k for k in candidates if masks[k].mean() < settings.min_area]
-    objects = sorted((k for k in candidates if k not in small), key=lambda k: (-int(masks[k].sum()), k))
+    """The image cut into background and object groups (`regions.image_regions`), objects under
+    `min_area` dropped, the rest largest first (no model needed; the self-attention `logits`
+    only when `merge_distance` is positive)."""
+    attention = attention_rows(logits, settings.sharpness) if logits is not None else None
+    cut = image_regions(rgb, settings.rules(), attention)
+    masks = cut.masks()
+    small = [k for k in cut.objects if masks[k].mean() < settings.min_area]
+    objects = sorted((k for k in cut.objects if k not in small), key=lambda k: (-int(masks[k].sum()), k))
     cap = settings.max_concepts
-    return Segmentation(masks, background, objects[:cap], small, objects[cap:], labels)
+    return Segmentation(masks, cut.background, objects[:cap], small, objects[cap:], cut.labels)
 
 
 # -- the whole proposal ----------------------------------------------------------------------------
@@ -476,9 +361,15 @@ def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, origin
 
 
 # -- a project's model, settings and outputs ---------------------------------------------------------
+# SD-family models: photos need superpixels far finer than the built-in world's flat shapes,
+# grouped by the model's self-attention first (ConceptExpress's signal; 0.5 is the cut the
+# self-attention clustering of cells used).  Not measured: there are no SD weights offline.
+SD_REGION_SETTINGS = dict(superpixel_scale=0.0005, superpixel_sigma=0.8, superpixel_min_area=0.0025, merge_distance=0.5)
+
+
 def settings_for(cfg, is_builtin: bool, **overrides) -> DiscoverSettings:
     """Discovery settings following a project's resolved learn settings (its seed) and model family."""
-    base = dict(seed=cfg.seed, words_per_prompt=1 if is_builtin else 8)
+    base = dict(seed=cfg.seed, words_per_prompt=1) if is_builtin else dict(seed=cfg.seed, words_per_prompt=8, **SD_REGION_SETTINGS)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return DiscoverSettings(**base)
 

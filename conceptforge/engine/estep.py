@@ -204,7 +204,7 @@ class MaskEstimator:
             else:
                 drawn = maps
                 for group in assignment_groups(data, cfg.mask_assignment):
-                    drawn = assign_regions(drawn, group, cfg.threshold)
+                    drawn = assign_regions(drawn, group, cfg.threshold, data.rgb if cfg.assignment_regions == "image" else None)
                 new = list(
                     mask_ops.refine_masks(
                         data.rgb, drawn, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
