@@ -178,7 +178,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "estep_every_fraction": (0.0625, 0.125),
     # built-in, 12 dev scenes whose objects all start from "shape": object IoU em 0.882 joint vs
     # 0.782 independent (benchmarks/results/same_word_dev.md); 12 dev scenes of distinct words:
-    # joint 0.767 vs 0.773 (ablation_joint.md), no gain, so only tokens that share an init word compete
+    # joint 0.682 with the image's objects, 0.767 with the maps' regions, vs 0.773 (ablation_joint*.md):
+    # no gain, so only tokens that share an init word compete
     "mask_assignment": ("same-word", "same-word"),
     # built-in, 12 dev scenes whose objects all start from "shape": em 0.983 / 100% clean with the
     # image's objects vs 0.882 / 83% with the maps' regions (benchmarks/results/same_word_dev.md);
