@@ -213,3 +213,17 @@ def test_token_clash_refused_before_anything_is_written(tmp_path):
     r = cf("--threads", "1", "discover", proj, image, "--add")
     assert r.exit_code == 2 and "<DUO-1>" in r.output, r.output
     assert tree_digest(proj) == before
+
+
+def test_proposal_picture_outlines_each_proposal_in_its_own_colour():
+    from PIL import Image
+
+    from conceptforge.engine.pictures import PALETTE
+
+    rgb, disc, square = _two_tone_disc_beside_a_square()
+    found = D.Discovery([D.Proposal(disc, float(disc.mean()), "circle", 1.0), D.Proposal(square, float(square.mean()), "square", 1.0)],
+                        D.Proposal(~(disc | square), 0.5, "background", 1.0, background=True), clusters=3)
+    sheet = np.asarray(D.proposal_picture(Image.fromarray(rgb), found, side=128))
+    tinted = sheet[:, 136:]  # the right half: 128 px + an 8 px gap
+    for k in range(2):
+        assert (tinted == PALETTE[k]).all(axis=-1).sum() > 150  # the outline, not only the number box (64 px)

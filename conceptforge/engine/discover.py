@@ -395,22 +395,27 @@ def model_rgb(image, size: int) -> np.ndarray:
 
 
 def proposal_picture(image, discovery: Discovery, side: int = 384):
-    """The image beside the same image with every proposal tinted and numbered (background grey)."""
+    """The image beside the same image with every proposal tinted, outlined in its own colour and
+    numbered (background grey)."""
     from PIL import Image, ImageDraw
 
-    from .pictures import PALETTE, fit, overlay
+    from .pictures import PALETTE, contour, fit, overlay
 
     shown = fit(image.convert("RGB"), side)
-    masks = [p.mask for p in discovery.objects]
-    tinted = overlay(shown, masks, alpha=0.55)
+
+    def at_shown_size(mask: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shown.size, Image.NEAREST)) > 127
+
+    masks = [at_shown_size(p.mask) for p in discovery.objects]
+    arr = np.asarray(overlay(shown, masks, alpha=0.55)).copy()
     if discovery.background is not None:
-        back = np.asarray(Image.fromarray(discovery.background.mask.astype(np.uint8) * 255).resize(shown.size, Image.NEAREST)) > 127
-        arr = np.asarray(tinted).copy()
+        back = at_shown_size(discovery.background.mask)
         arr[back] = (0.5 * arr[back] + 0.5 * 128).astype(np.uint8)
-        tinted = Image.fromarray(arr)
+    for k, mask in enumerate(masks):
+        arr[contour(mask)] = PALETTE[k % len(PALETTE)]
+    tinted = Image.fromarray(arr)
     draw = ImageDraw.Draw(tinted)
-    for k, p in enumerate(discovery.objects):
-        mask = np.asarray(Image.fromarray(p.mask.astype(np.uint8) * 255).resize(shown.size, Image.NEAREST)) > 127
+    for k, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
         if len(xs):
             x, y = int(np.median(xs)), int(np.median(ys))
