@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cli_helpers import FAST_SETTINGS, cf, tree_digest
+from synthetic_images import two_tone_disc_beside_a_square
 from conceptforge.engine import discover as D
-from conceptforge.engine import regions
 from conceptforge.engine.masks import iou
 from conceptforge.shapes.world import sample_scene
 
@@ -64,32 +64,10 @@ def test_max_concepts_caps_largest_first(builtin):
     assert iou(found.objects[0].mask, largest.mask) >= 0.9
 
 
-def _two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A grey image with a disc (a red cap on the left, the rest blue) overlapped by a green square, with
-    pixel noise as in the built-in world; returns the image and the two objects' visible masks."""
-    ys, xs = np.mgrid[0:size, 0:size] * (64 / size)  # drawn on a 64 px canvas, sampled at `size`
-    disc = (ys - 24) ** 2 + (xs - 24) ** 2 <= 14**2
-    square = (ys >= 28) & (ys < 50) & (xs >= 32) & (xs < 54)
-    rgb = np.full((size, size, 3), 128.0)
-    rgb[disc & (xs < 18)] = (220, 30, 30)
-    rgb[disc & (xs >= 18)] = (30, 30, 220)
-    rgb[square] = (30, 200, 30)
-    rgb += np.random.default_rng(0).normal(0.0, 4.0, rgb.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8), disc & ~square, square
-
-
-def test_edge_counts_are_shared_edges_and_perimeters():
-    labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 2]])
-    counts = regions.edge_counts(labels)
-    assert counts[0, 1] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1
-    assert counts[0].sum() == 8 and counts[1].sum() == 6  # perimeters, the image's edge (index 3) included
-    assert (counts == counts.T).all() and counts[0, 0] == 0
-
-
 def test_regions_group_into_objects_and_background_without_a_model():
     # the red cap shares over a third of its perimeter with the blue rest: one object; the square
     # overlapping the disc shares far less of either and stays its own; grey is the background
-    rgb, disc, square = _two_tone_disc_beside_a_square()
+    rgb, disc, square = two_tone_disc_beside_a_square()
     seg = D.segment(rgb, None, D.DiscoverSettings())
     found = [seg.masks[k] for k in seg.objects]
     assert len(found) == 2
@@ -102,7 +80,7 @@ def test_regions_group_into_objects_and_background_without_a_model():
 def test_attention_groups_superpixels_before_the_background_is_taken():
     # attention in which object cells look at object cells and background cells at background
     # cells: the disc's two parts and the square become one group before the border rule
-    rgb, disc, square = _two_tone_disc_beside_a_square()
+    rgb, disc, square = two_tone_disc_beside_a_square()
     side = 16
     cells = (disc | square).reshape(side, 4, side, 4).mean(axis=(1, 3)).reshape(-1) > 0.5
     logits = np.where(cells[:, None] == cells[None, :], 1.0, -1.0)
@@ -118,7 +96,7 @@ def test_sd_family_groups_superpixels_by_the_models_self_attention(tiny_model, t
     model, cfg = D.load_project_model(Project.create(tmp_path / "p", model=str(tiny_model)), "cpu")
     settings = D.settings_for(cfg, False)
     assert settings.merge_distance > 0 and settings.words_per_prompt > 1
-    rgb, _, _ = _two_tone_disc_beside_a_square(model.size)
+    rgb, _, _ = two_tone_disc_beside_a_square(model.size)
     found = D.discover_concepts(model, rgb, settings)
     cover = sum(p.mask.astype(int) for p in found.proposals)
     assert found.labels.shape == rgb.shape[:2] and (cover == 1).all()  # the proposals tile the image
@@ -126,14 +104,6 @@ def test_sd_family_groups_superpixels_by_the_models_self_attention(tiny_model, t
     # neighbours, which the image alone would keep apart
     alone = D.discover_concepts(model, rgb, D.settings_for(cfg, False, merge_distance=0.0))
     assert found.clusters < alone.clusters and len(alone.objects) >= 1
-
-
-def test_background_is_what_owns_the_border():
-    block = np.zeros((4, 4), bool)
-    block[1:3, 1:3] = True
-    masks = np.stack([~np.kron(block, np.ones((4, 4), bool)), np.kron(block, np.ones((4, 4), bool))])
-    back, objects = regions.split_background(masks, 0.25)
-    assert back == [0] and objects == [1]
 
 
 def _scene_file(tmp_path, seed=820011, n=2):
@@ -220,7 +190,7 @@ def test_proposal_picture_outlines_each_proposal_in_its_own_colour():
 
     from conceptforge.engine.pictures import PALETTE
 
-    rgb, disc, square = _two_tone_disc_beside_a_square()
+    rgb, disc, square = two_tone_disc_beside_a_square()
     found = D.Discovery([D.Proposal(disc, float(disc.mean()), "circle", 1.0), D.Proposal(square, float(square.mean()), "square", 1.0)],
                         D.Proposal(~(disc | square), 0.5, "background", 1.0, background=True), clusters=3)
     sheet = np.asarray(D.proposal_picture(Image.fromarray(rgb), found, side=128))

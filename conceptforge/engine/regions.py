@@ -23,6 +23,7 @@ Used by `discover` (its proposals) and by the joint assignment of concepts
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -170,7 +171,7 @@ def numbering(count: int, group: dict[int, int]) -> np.ndarray:
     return numbered.reshape(-1)
 
 
-def image_regions(rgb: np.ndarray, rules: RegionRules, attention=None) -> ImageRegions:
+def image_regions(rgb: np.ndarray, rules: RegionRules, attention: Callable[[np.ndarray], np.ndarray] | None = None) -> ImageRegions:
     """The image (H, W, 3 uint8) cut into background groups and object groups.
 
     `attention`, when given with a positive `merge_distance`, maps pixel labels
