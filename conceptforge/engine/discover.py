@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -295,7 +295,7 @@ class Segmentation:
     labels: np.ndarray  # (S, S) group of every pixel
 
 
-def attention_rows(logits: np.ndarray, sharpness: float):
+def attention_rows(logits: np.ndarray, sharpness: float) -> Callable[[np.ndarray], np.ndarray]:
     """A function from pixel labels to each label's attention row: the rows of the cells it
     covers, weighted by how much of each it covers."""
     side = int(round(np.sqrt(len(logits))))
