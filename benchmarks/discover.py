@@ -47,6 +47,19 @@ def matched_iou(proposals: list[np.ndarray], truth: list[np.ndarray]) -> float:
     return float(np.mean(matched_ious(proposals, truth)))
 
 
+def init_words(proposals, objects) -> dict:
+    """Of the true objects found (a proposal with IoU > 0.5), how many got their shape as init word."""
+    from conceptforge.engine.masks import iou
+
+    found = right = 0
+    for obj in objects:
+        best = max(proposals, key=lambda p: iou(p.mask, obj.mask), default=None)
+        if best is not None and iou(best.mask, obj.mask) > 0.5:
+            found += 1
+            right += best.init == obj.shape
+    return {"init_found": found, "init_right": right}
+
+
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score 95% interval of a proportion hits / n."""
     if n == 0:
@@ -84,7 +97,7 @@ def run(split: str, per_count: int, overrides: dict) -> dict:
         took = time.perf_counter() - start
         props = [p.mask for p in found.objects]
         rows.append({"seed": seed, "objects": n, "proposed": len(props), "iou": matched_iou(props, [o.mask for o in scene.objects]),
-                     "clusters": found.clusters, "seconds": took})
+                     "clusters": found.clusters, "seconds": took, **init_words(found.objects, scene.objects)})
         print(json.dumps(rows[-1]), flush=True)
     del torch
     return {"settings": settings.__dict__, "rows": rows}
@@ -95,7 +108,8 @@ def summary(rows: list[dict]) -> dict:
     ious = [r["iou"] for r in rows]
     return {"scenes": len(rows), "count_right": hits / len(rows), "count_ci": wilson(hits, len(rows)),
             "iou": float(np.mean(ious)), "iou_ci": stats.bootstrap_ci(stats.ratio_of_sums(ious, [1.0] * len(ious)), len(ious)), "seconds": float(np.mean([r["seconds"] for r in rows])),
-            "under": sum(r["proposed"] < r["objects"] for r in rows), "over": sum(r["proposed"] > r["objects"] for r in rows)}
+            "under": sum(r["proposed"] < r["objects"] for r in rows), "over": sum(r["proposed"] > r["objects"] for r in rows),
+            "init_right": sum(r["init_right"] for r in rows) / max(1, sum(r["init_found"] for r in rows))}
 
 
 def report(command: str, split: str, result: dict) -> str:
@@ -107,14 +121,14 @@ def report(command: str, split: str, result: dict) -> str:
         f"Split: {split} (sample_scene seeds from {SEEDS[split]}; "
         + ("never used to choose a setting" if split == "test" else "used to choose the settings") + ").",
         f"Settings: `{json.dumps(result['settings'])}`", "",
-        "| objects | scenes | count right | 95% Wilson | matched IoU | 95% bootstrap | under / over | s per image |",
-        "|---|---:|---:|---|---:|---|---|---:|",
+        "| objects | scenes | count right | 95% Wilson | matched IoU | 95% bootstrap | under / over | init word = shape | s per image |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|",
     ]
     for label, part in [(str(n), [r for r in rows if r["objects"] == n]) for n in (1, 2, 3)] + [("all", rows)]:
         s = summary(part)
         lines.append(
             f"| {label} | {s['scenes']} | {s['count_right']:.2f} | [{s['count_ci'][0]:.2f}, {s['count_ci'][1]:.2f}] | {s['iou']:.3f} | "
-            f"[{s['iou_ci'][0]:.3f}, {s['iou_ci'][1]:.3f}] | {s['under']} / {s['over']} | {s['seconds']:.2f} |"
+            f"[{s['iou_ci'][0]:.3f}, {s['iou_ci'][1]:.3f}] | {s['under']} / {s['over']} | {s['init_right']:.2f} | {s['seconds']:.2f} |"
         )
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines += [
@@ -122,7 +136,10 @@ def report(command: str, split: str, result: dict) -> str:
         f"Targets: count right ≥ {TARGET_COUNT:.2f}: {total['count_right']:.2f}, {met(total['count_right'] >= TARGET_COUNT)}; "
         f"matched IoU ≥ {TARGET_IOU:.2f}: {total['iou']:.3f}, {met(total['iou'] >= TARGET_IOU)}.",
         "",
-        "Per scene: `discover.json` beside this file (seed, objects, proposed, IoU, clusters, seconds).",
+        "Init word = shape: of the true objects a proposal found (IoU > 0.5), the share whose suggested init word is "
+        "the object's shape (6 shapes and 2 generic nouns to choose from).",
+        "",
+        "Per scene: `discover.json` beside this file (seed, objects, proposed, IoU, clusters, init words, seconds).",
     ]
     return "\n".join(lines) + "\n"
 

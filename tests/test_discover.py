@@ -46,6 +46,15 @@ def test_proposals_match_the_true_objects(builtin, seed, n):
     assert all(p.init in ("circle", "square", "triangle", "star", "heart", "cross", "shape", "object") for p in found.objects)
 
 
+def test_init_words_by_denoising_error_name_the_shapes(builtin):
+    model, cfg = builtin
+    scene = sample_scene(820009, n_objects=3)  # a development scene: cross, triangle and square
+    found = D.discover_concepts(model, np.asarray(scene.image), D.settings_for(cfg, True))
+    for obj in scene.objects:
+        best = max(found.objects, key=lambda p: iou(p.mask, obj.mask))
+        assert iou(best.mask, obj.mask) > 0.9 and best.init == obj.shape
+
+
 def test_same_seed_same_bits(builtin):
     model, cfg = builtin
     rgb = np.asarray(sample_scene(820011, n_objects=2).image)
