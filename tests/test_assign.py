@@ -173,3 +173,12 @@ def test_an_object_no_twin_takes_is_left_to_the_maps():
     assert out[0][a > 0].min() > 0.9 and out[0][b > 0].max() == 0
     assert out[1][b > 0].min() > 0.9 and out[1][a > 0].max() == 0
     np.testing.assert_array_equal(out[:2, c > 0], maps[:2, c > 0])
+
+
+def test_an_image_without_objects_falls_back_to_the_maps_regions():
+    # a flat image (every superpixel owns the border: no objects) gives what the maps alone give
+    a, b = _blob(2, 2), _blob(10, 10)
+    both = np.maximum(a, b)
+    maps = np.stack([both, both, 1.0 - both])
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    np.testing.assert_array_equal(assign_regions(maps, [0, 1], 0.5, flat), assign_regions(maps, [0, 1], 0.5))

@@ -46,7 +46,8 @@ def assign_regions(maps: np.ndarray, objects: list[int], threshold: float, rgb: 
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them (the others are
     background concepts).  With the image `rgb`, the regions are the image's
-    objects (`image_parts`) and an object no concept takes is left to the maps."""
+    objects (`image_parts`) and an object no concept takes is left to the maps;
+    an image that yields no objects falls back to the maps' regions."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)

@@ -69,7 +69,8 @@ class LearnConfig(BaseModel):
     )
     assignment_regions: AssignmentRegions = Field(
         description="what competing concepts are assigned: maps: regions where their maps are high, cut in two when too few; "
-        "image: the image's objects (superpixels grouped by shared edges) their maps cover"
+        "image: the image's objects (superpixels grouped by shared edges; made for flat-colour scenes such as the "
+        "built-in world's, and where an image yields no objects, as photos usually do, the maps' regions are used)"
     )
     mask_momentum: float = Field(ge=0, lt=1, description="weight of the previous soft maps in each E-step")
     area_change_max: float = Field(ge=1, le=1e6, description="a new mask more than this factor larger/smaller than the last is refused")
