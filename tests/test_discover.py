@@ -206,3 +206,13 @@ def test_proposal_picture_outlines_each_proposal_in_its_own_colour():
     tinted = sheet[:, 136:]  # the right half: 128 px + an 8 px gap
     for k in range(2):
         assert (tinted == PALETTE[k]).all(axis=-1).sum() > 150  # the outline, not only the number box (64 px)
+
+
+def test_a_vocabulary_without_candidate_words_leaves_init_words_empty(builtin, monkeypatch):
+    # a tokenizer that has none of the candidate nouns as one token: proposals without init words, no crash
+    model, cfg = builtin
+    monkeypatch.setattr(D, "candidate_words", lambda tokenizer, is_builtin: [])
+    rgb = np.asarray(sample_scene(820011, n_objects=2).image)
+    for signal in ("attention", "error"):
+        found = D.discover_concepts(model, rgb, D.settings_for(cfg, True, init_word_signal=signal))
+        assert len(found.objects) == 2 and all(p.init is None for p in found.objects)

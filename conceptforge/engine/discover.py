@@ -377,7 +377,7 @@ def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, origin
         maps = word_error_gain(model, latents, draws, words)
     else:
         maps = word_attention(model, latents, draws, word_prompts(words, settings.words_per_prompt, model.is_builtin))
-    full_maps = dict(zip(maps, mask_ops.upsample_maps(np.stack(list(maps.values())), rgb.shape[0], rgb.shape[1])))
+    full_maps = dict(zip(maps, mask_ops.upsample_maps(np.stack(list(maps.values())), rgb.shape[0], rgb.shape[1]))) if maps else {}
     size = (rgb.shape[1], rgb.shape[0]) if original_size is None else original_size
 
     def proposal(mask: np.ndarray, background: bool) -> Proposal:
