@@ -13,9 +13,11 @@
 2. Proposals.  Objects under `min_area` of the image are dropped, the rest are
    kept largest first, at most `max_concepts`.
 3. Init words.  Each candidate word of the model's vocabulary is put in a
-   prompt of the model's grammar; its cross-attention (same timesteps) is
-   compared with each region: the word whose min-max normalised map is highest
-   inside the region relative to outside it is suggested.
+   prompt of the model's grammar; per region, the word whose map is highest
+   inside it relative to outside is suggested, the map being how much naming
+   the word lowers the denoising error (`init_word_signal: error`, the built-in
+   default) or its min-max normalised cross-attention (`attention`, SD), both
+   read under the same timesteps and noise.
 
 Deterministic for a seed: same image, model and settings give the same bits.
 Writes nothing.
@@ -135,13 +137,8 @@ class SelfAttnCapture:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if encoder_hidden_states is None:
-            self.store.record(self_attention_logits(attn, hidden_states, temb))
+            self.store.record(layer_attention_logits(attn, hidden_states, None, temb))  # None: self-attention
         return out
-
-
-def self_attention_logits(attn, hidden_states: torch.Tensor, temb) -> torch.Tensor:
-    """The attention logits QK^T / sqrt(d) of a self-attention layer as (B, heads, N, N)."""
-    return layer_attention_logits(attn, hidden_states, None, temb)
 
 
 def self_attention_layers(unet, factor: int) -> list[str]:
@@ -220,13 +217,18 @@ def _draws(settings: DiscoverSettings, latent_shape: tuple[int, ...]) -> list[tu
     return [(torch.tensor([int(t)]), torch.randn(latent_shape, generator=gen)) for t in ts]
 
 
+def noised(model, latents: torch.Tensor, draws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(timesteps, noise, noised latents) of the draws, one batch row per draw."""
+    t = torch.cat([d[0] for d in draws]).to(model.device)
+    noise = torch.cat([d[1] for d in draws]).to(model.device)
+    return t, noise, model.scheduler.add_noise(latents.expand(len(draws), -1, -1, -1), noise, t)
+
+
 @torch.no_grad()
 def attention_logits(model, latents: torch.Tensor, draws, factor: int) -> np.ndarray:
     """Mean self-attention logits (N, N) at one factor over heads, layers and the draws, with the empty prompt."""
     cond = encode_prompt(model, "")
-    t = torch.cat([d[0] for d in draws]).to(model.device)
-    noise = torch.cat([d[1] for d in draws]).to(model.device)
-    zt = model.scheduler.add_noise(latents.expand(len(draws), -1, -1, -1), noise, t)
+    t, _, zt = noised(model, latents, draws)
     with capture_self_attention(model.unet, factor) as store, model.autocast():
         model.unet(zt, t, **cond.expand(len(draws)).unet_kwargs())
     return store.mean().cpu().numpy().astype(np.float64)
@@ -235,9 +237,7 @@ def attention_logits(model, latents: torch.Tensor, draws, factor: int) -> np.nda
 @torch.no_grad()
 def word_attention(model, latents: torch.Tensor, draws, prompts: list[tuple[str, list[str]]]) -> dict[str, np.ndarray]:
     """Each named word's mean cross-attention map (att, att), min-max normalised, over the draws (averaged over prompts)."""
-    t = torch.cat([d[0] for d in draws]).to(model.device)
-    noise = torch.cat([d[1] for d in draws]).to(model.device)
-    zt = model.scheduler.add_noise(latents.expand(len(draws), -1, -1, -1), noise, t)
+    t, _, zt = noised(model, latents, draws)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for prompt, words in prompts:
@@ -268,11 +268,8 @@ def word_error_gain(model, latents: torch.Tensor, draws, words: list[str]) -> di
     the background; "background" against the empty prompt."""
     from .prompts import training_prompt
 
-    t = torch.cat([d[0] for d in draws]).to(model.device)
-    noise = torch.cat([d[1] for d in draws]).to(model.device)
-    batch = latents.expand(len(draws), -1, -1, -1)
-    zt = model.scheduler.add_noise(batch, noise, t)
-    target = model.target(batch, noise, t).float()
+    t, noise, zt = noised(model, latents, draws)
+    target = model.target(latents.expand(len(draws), -1, -1, -1), noise, t).float()
 
     def error(prompt: str) -> torch.Tensor:
         with model.autocast():
