@@ -55,7 +55,7 @@ def colour_parts(scene) -> list[tuple[int, np.ndarray]]:
     return parts
 
 
-def attention_distances(model, settings, scene) -> tuple[list[float], list[float]]:
+def attention_distances(model, latents, draws, scene) -> tuple[list[float], list[float]]:
     """JS distances between the mean attention rows of two parts of one object / of two objects."""
     from scipy.spatial.distance import squareform
 
@@ -63,8 +63,7 @@ def attention_distances(model, settings, scene) -> tuple[list[float], list[float
     from conceptforge.engine.masks import resize_mask
     from conceptforge.engine.regions import js_distances
 
-    rgb = np.asarray(scene.image.convert("RGB"))
-    logits = D.attention_logits(model, *D.image_features(model, rgb, settings)[:2], _factor(model))
+    logits = D.attention_logits(model, latents, draws, _factor(model))
     side = int(round(np.sqrt(len(logits))))
     affinity = D.affinity_from_logits(logits, 1.0)
     parts = [(k, resize_mask(m, side, side).reshape(-1)) for k, m in colour_parts(scene)]
@@ -85,14 +84,13 @@ def _factor(model) -> int:
     return capture_factor(model.unet, model.latent, model.att)
 
 
-def shape_word_hits(model, settings, scene) -> list[bool]:
+def shape_word_hits(model, latents, draws, scene) -> list[bool]:
     """Per object: is the shape word with the highest cross-attention inside it its shape?"""
     from conceptforge.engine import discover as D
     from conceptforge.engine.masks import upsample_maps
     from conceptforge.shapes.world import SHAPES
 
     rgb = np.asarray(scene.image.convert("RGB"))
-    latents, draws, _ = D.image_features(model, rgb, settings)
     maps = D.word_attention(model, latents, draws, D.word_prompts(list(SHAPES), 1, True))
     full = dict(zip(maps, upsample_maps(np.stack(list(maps.values())), rgb.shape[0], rgb.shape[1])))
     return [D.suggest_word(obj.mask, full, list(SHAPES))[0] == obj.shape for obj in scene.objects]
@@ -128,7 +126,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from conceptforge.engine.discover import DiscoverSettings, load_project_model
+    from conceptforge.engine.discover import DiscoverSettings, image_features, load_project_model
     from conceptforge.engine.regions import RegionRules
     from conceptforge.project import Project
 
@@ -138,10 +136,11 @@ def main() -> None:
     merge = RegionRules().merge_boundary
     att_same, att_other, hits, edge_same, edge_other = [], [], [], [], []
     for scene in scenes():
-        s, o = attention_distances(model, settings, scene)
+        latents, draws, _ = image_features(model, np.asarray(scene.image.convert("RGB")), settings)  # one encoding per scene
+        s, o = attention_distances(model, latents, draws, scene)
         att_same += s
         att_other += o
-        hits += shape_word_hits(model, settings, scene)
+        hits += shape_word_hits(model, latents, draws, scene)
         s, o = edge_shares(scene)
         edge_same += s
         edge_other += o

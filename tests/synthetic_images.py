@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def with_pixel_noise(rgb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The image with Gaussian pixel noise of the built-in world's strength (std 4), as uint8."""
+    noisy = np.asarray(rgb, np.float64) + np.random.default_rng(seed).normal(0.0, 4.0, np.shape(rgb))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
 def two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A grey image with a disc (a red cap on the left, the rest blue) overlapped by a green square, with
     pixel noise as in the built-in world; returns the image and the two objects' visible masks."""
@@ -15,5 +21,4 @@ def two_tone_disc_beside_a_square(size: int = 64) -> tuple[np.ndarray, np.ndarra
     rgb[disc & (xs < 18)] = (220, 30, 30)
     rgb[disc & (xs >= 18)] = (30, 30, 220)
     rgb[square] = (30, 200, 30)
-    rgb += np.random.default_rng(0).normal(0.0, 4.0, rgb.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8), disc & ~square, square
+    return with_pixel_noise(rgb), disc & ~square, square

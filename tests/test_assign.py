@@ -8,6 +8,7 @@ import pytest
 
 from conceptforge.engine.assign import assign_regions, object_regions
 from conceptforge.engine.masks import refine_masks
+from synthetic_images import with_pixel_noise
 
 
 def _blob(top: int, left: int, side: int = 4, size: int = 16) -> np.ndarray:
@@ -145,8 +146,7 @@ def _two_tone_block_beside_another(size: int = 64) -> tuple[np.ndarray, np.ndarr
     rgb[a] = (40, 40, 220)
     rgb[16:40, 8:16] = (220, 40, 40)
     rgb[b] = (40, 200, 40)
-    rgb += np.random.default_rng(0).normal(0.0, 4.0, rgb.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8), a, b
+    return with_pixel_noise(rgb), a, b
 
 
 def test_with_the_image_twins_take_whole_objects_a_two_tone_one_included():
@@ -164,8 +164,7 @@ def test_an_object_no_twin_takes_is_left_to_the_maps():
     # three objects in the image, two twins whose maps cover all three: the third is nobody's,
     # so both twins' maps stay as they were there (no token is handed two objects)
     a, b, c = _blob(1, 1), _blob(1, 10), _blob(10, 5)
-    rgb = _image(a, b, c)
-    rgb = np.clip(rgb + np.random.default_rng(0).normal(0.0, 4.0, rgb.shape), 0, 255).astype(np.uint8)
+    rgb = with_pixel_noise(_image(a, b, c))
     twin0 = np.maximum(a, c * 0.9)
     twin1 = np.maximum(b, c * 0.8)
     maps = np.stack([twin0, twin1, 1.0 - np.maximum(np.maximum(a, b), c)])
