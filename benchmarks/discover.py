@@ -53,10 +53,11 @@ def init_words(proposals, objects) -> dict:
 
     found = right = 0
     for obj in objects:
-        best = max(proposals, key=lambda p: iou(p.mask, obj.mask), default=None)
-        if best is not None and iou(best.mask, obj.mask) > 0.5:
+        overlaps = [iou(p.mask, obj.mask) for p in proposals]
+        best = max(range(len(proposals)), key=overlaps.__getitem__, default=None)  # the first of equals
+        if best is not None and overlaps[best] > 0.5:
             found += 1
-            right += best.init == obj.shape
+            right += proposals[best].init == obj.shape
     return {"init_found": found, "init_right": right}
 
 
