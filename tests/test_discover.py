@@ -74,15 +74,15 @@ def test_max_concepts_caps_largest_first(builtin):
 
 
 def test_regions_group_into_objects_and_background_without_a_model():
-    # the red cap shares over a third of its perimeter with the blue rest: one object; the square
-    # overlapping the disc shares far less of either and stays its own; grey is the background
+    # the disc's red and blue halves meet on a straight chord through its middle: one object; the
+    # square overlapping the disc meets it off the middle and stays its own; grey is the background
     rgb, disc, square = two_tone_disc_beside_a_square()
     seg = D.segment(rgb, None, D.DiscoverSettings())
     found = [seg.masks[k] for k in seg.objects]
     assert len(found) == 2
     assert max(iou(m, disc) for m in found) >= 0.95 and max(iou(m, square) for m in found) >= 0.95
     assert len(seg.background) == 1 and iou(seg.masks[seg.background[0]], ~(disc | square)) >= 0.95
-    apart = D.segment(rgb, None, D.DiscoverSettings(merge_boundary=0.99))  # no merging: three object regions
+    apart = D.segment(rgb, None, D.DiscoverSettings(merge_boundary=0, merge_span=0))  # no merging: three object regions
     assert len(apart.objects) == 3
 
 
@@ -93,7 +93,7 @@ def test_attention_groups_superpixels_before_the_background_is_taken():
     side = 16
     cells = (disc | square).reshape(side, 4, side, 4).mean(axis=(1, 3)).reshape(-1) > 0.5
     logits = np.where(cells[:, None] == cells[None, :], 1.0, -1.0)
-    settings = D.DiscoverSettings(merge_boundary=0.99, merge_distance=0.2)
+    settings = D.DiscoverSettings(merge_boundary=0, merge_span=0, merge_distance=0.2)
     merged = D.segment(rgb, logits, settings)
     assert len(merged.objects) == 1 and iou(merged.masks[merged.objects[0]], disc | square) >= 0.95
     assert len(D.segment(rgb, None, settings).objects) == 3  # without attention: three parts

@@ -69,7 +69,7 @@ class LearnConfig(BaseModel):
     )
     assignment_regions: AssignmentRegions = Field(
         description="what competing concepts are assigned: maps: regions where their maps are high, cut in two when too few; "
-        "image: the image's objects (superpixels grouped by shared edges; made for flat-colour scenes such as the "
+        "image: the image's objects (superpixels grouped as `discover` groups them; made for flat-colour scenes such as the "
         "built-in world's, and where an image yields no objects, as photos usually do, the maps' regions are used)"
     )
     mask_momentum: float = Field(ge=0, lt=1, description="weight of the previous soft maps in each E-step")

@@ -62,6 +62,9 @@ class DiscoverSettings:
     superpixel_sigma: float = RegionRules.superpixel_sigma
     merge_boundary: float = RegionRules.merge_boundary
     merge_distance: float = RegionRules.merge_distance
+    merge_span: float = RegionRules.merge_span
+    merge_centre: float = RegionRules.merge_centre
+    merge_bend: float = RegionRules.merge_bend
     superpixel_min_area: float = RegionRules.superpixel_min_area
     min_area: float = 0.01  # the smallest object proposal, as a share of the image
     background_border: float = RegionRules.background_border
@@ -397,6 +400,7 @@ def discover_concepts(model, rgb: np.ndarray, settings: DiscoverSettings, origin
 # measured: there are no SD weights offline.
 SD_SETTINGS = dict(
     superpixel_scale=0.0005, superpixel_sigma=0.8, superpixel_min_area=0.0025, merge_distance=0.5,
+    merge_boundary=0.33, merge_span=0.0,
     words_per_prompt=8, init_word_signal="attention",
 )
 
