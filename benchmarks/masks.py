@@ -266,7 +266,8 @@ def run_mode(root: Path, unit: Unit, overrides: dict, samples: int, steps: int) 
 
 @dataclass
 class EStep:
-    """What one E-step of a run produced: its float soft maps, the masks it kept, which updates it refused."""
+    """What one E-step of a run produced: the float maps it refined its masks from (after the joint
+    assignment), the masks it kept, which updates it refused."""
 
     iteration: int
     step: int
@@ -281,7 +282,7 @@ def keep_estep(event, out: list[EStep]) -> None:
         return
     r = event.payload
     refused = {(m["image"], m["token"]): bool(m.get("refused")) for m in r.records}
-    out.append(EStep(r.iteration, event.step, {k: np.array(v, np.float32) for k, v in r.soft.items()},
+    out.append(EStep(r.iteration, event.step, {k: np.array(v, np.float32) for k, v in (r.drawn or r.soft).items()},
                      {k: np.array(v, bool) for k, v in r.masks.items()}, refused))
 
 

@@ -122,14 +122,16 @@ def test_joint_assignment_in_the_e_step(tmp_path):
     assert min(iou(m, truth[o]) for m, o in zip(masks, best)) > 0.8
 
 
-def test_by_default_only_tokens_that_share_an_init_word_compete():
+def test_assignment_groups_and_defaults():
     from types import SimpleNamespace
 
     from conceptforge.engine.config import resolve_config
     from conceptforge.engine.estep import assignment_groups
 
     data = SimpleNamespace(background=[False, False, False, False, True], inits=["shape", "Shape", "star", None, "background"])
-    assert resolve_config(True, {}, {}).mask_assignment == resolve_config(False, {}, {}).mask_assignment == "same-word"
+    # SD: only tokens that share an init word compete; built-in: every object concept, for the image's objects
+    assert resolve_config(False, {}, {}).mask_assignment == "same-word"
+    assert resolve_config(True, {}, {}).mask_assignment == "joint" and resolve_config(True, {}, {}).assignment_regions == "image"
     assert assignment_groups(data, "same-word") == [[0, 1]]
     assert assignment_groups(data, "joint") == [[0, 1, 2, 3]]
     assert assignment_groups(data, "independent") == []
@@ -181,3 +183,15 @@ def test_an_image_without_objects_falls_back_to_the_maps_regions():
     maps = np.stack([both, both, 1.0 - both])
     flat = np.full((64, 64, 3), 128, np.uint8)
     np.testing.assert_array_equal(assign_regions(maps, [0, 1], 0.5, flat), assign_regions(maps, [0, 1], 0.5))
+
+
+def test_stay_keeps_each_token_on_the_object_its_last_mask_covered():
+    a, b = _blob(2, 2), _blob(10, 10)
+    both = np.maximum(a, b)
+    maps = np.stack([both * 0.9 + a * 0.1, both, 1.0 - both])  # token 0 leans a little towards a
+    rgb = _image(a, b)
+    last = [np.kron(b, np.ones((4, 4))) > 0, np.kron(a, np.ones((4, 4))) > 0]  # token 0 held b, token 1 held a
+    moved = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb, previous=last, stay=0.0))
+    assert _on(moved[0], a) > 0.9  # without the pull the slight lean decides: the tokens trade objects
+    kept = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb, previous=last, stay=0.3))
+    assert _on(kept[0], b) > 0.9 and _on(kept[1], a) > 0.9 and _on(kept[0], a) == 0

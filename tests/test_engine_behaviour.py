@@ -355,3 +355,20 @@ def test_the_error_budget_survives_a_checkpoint(project):
     a, b = trainer.estep_result, again.estep_result
     assert (a.step, a.credit, a.refreshed) == (b.step, b.credit, b.refreshed) and a.credit > 0
     assert all(np.array_equal(a.error[i], b.error[i]) for i in a.error)
+
+
+def test_an_estep_keeps_the_maps_it_refined_its_masks_from(project):
+    from conceptforge.engine.masks import refine_masks
+
+    trainer = _trainer(project, masks="em", mask_assignment="joint", crf=False, mask_momentum=0)
+    att = trainer.model.att
+    both = np.maximum(_blob(att, 0, 0, 4), _blob(att, 8, 8, 4))
+    _set_signal(trainer, [np.stack([both, both]), np.stack([np.ones((att, att), np.float32)])])
+    trainer.start()
+    result, data = trainer.estep_result, trainer.images[0]
+    assert not any(data.background)
+    drawn = np.stack([result.drawn[(0, t)] for t in data.tokens])
+    assert (result.soft[(0, data.tokens[0])] == result.soft[(0, data.tokens[1])]).all()  # the signal: twins
+    assert not (drawn[0] == drawn[1]).all()  # the assignment gave each its own blob
+    again = refine_masks(data.rgb, drawn, threshold=trainer.cfg.threshold, use_crf=False, has_background=data.has_background)
+    assert all((again[k] == result.masks[(0, t)]).all() for k, t in enumerate(data.tokens))

@@ -42,12 +42,18 @@ EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
 
 
-def assign_regions(maps: np.ndarray, objects: list[int], threshold: float, rgb: np.ndarray | None = None) -> np.ndarray:
+def assign_regions(
+    maps: np.ndarray, objects: list[int], threshold: float, rgb: np.ndarray | None = None,
+    previous: list[np.ndarray] | None = None, stay: float = 0.0,
+) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them (the others are
     background concepts).  With the image `rgb`, the regions are the image's
     objects (`image_parts`) and an object no concept takes is left to the maps;
-    an image that yields no objects falls back to the maps' regions."""
+    an image that yields no objects falls back to the maps' regions.  With
+    `previous` (each object concept's last mask, any size) and `stay` > 0, a
+    concept's score for a region gains `stay` x the share of the region its
+    last mask covered, so tokens trade objects only on clear evidence."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)
@@ -57,7 +63,11 @@ def assign_regions(maps: np.ndarray, objects: list[int], threshold: float, rgb: 
     regions = object_regions(combined, threshold, len(objects), own, parts)
     if not regions:
         return maps
-    owner = assign(own, regions, leftovers_join=not parts)
+    prior = None
+    if previous is not None and stay > 0:
+        cells = [mask_cells(m, combined.shape[0]) for m in previous]
+        prior = stay * np.array([[float(c[r].mean()) for r in regions] for c in cells])
+    owner = assign(own, regions, leftovers_join=not parts, prior=prior)
     out = maps.copy()
     for j, k in enumerate(objects):
         mine = np.zeros(own.shape[1:], dtype=bool)
@@ -147,11 +157,22 @@ def assignment_score(maps: np.ndarray, regions: list[np.ndarray]) -> float:
     return float(score[rows, cols].sum())
 
 
-def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True) -> list[int]:
-    """For each region, the index (into `maps`) of the concept that gets it; a region left over
-    joins the nearest assigned one (a piece of an object), or with `leftovers_join` off stays
-    nobody's (-1: a whole object of the image that none of the concepts took)."""
+def mask_cells(mask: np.ndarray, side: int) -> np.ndarray:
+    """The share of each cell of a side x side grid that a mask covers."""
+    from PIL import Image
+
+    layer = Image.fromarray(np.asarray(mask, np.float32), mode="F").resize((side, side), Image.BOX)
+    return np.asarray(layer, dtype=np.float64)
+
+
+def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True, prior: np.ndarray | None = None) -> list[int]:
+    """For each region, the index (into `maps`) of the concept that gets it (the scores
+    plus `prior`, (concepts, regions), where given); a region left over joins the nearest
+    assigned one (a piece of an object), or with `leftovers_join` off stays nobody's (-1: a
+    whole object of the image that none of the concepts took)."""
     score = region_shares(maps, regions)
+    if prior is not None:
+        score = score + prior
     rows, cols = linear_sum_assignment(-score)
     owner = [-1] * len(regions)
     for concept, region in zip(rows, cols):

@@ -60,6 +60,7 @@ class EStepResult:
     refreshed: dict[int, int] = field(default_factory=dict)  # per image: E-step of that error signal
     credit: float = 0.0  # UNet samples later E-steps may still spend on error passes
     settled: set[int] = field(default_factory=set)  # images whose masks stopped moving (see MaskEstimator.estimate)
+    drawn: dict[MaskKey, np.ndarray] = field(default_factory=dict)  # the maps the masks were refined from (after the joint assignment)
 
 
 def plan_refresh(
@@ -125,11 +126,13 @@ class MaskEstimator:
         records: list[dict[str, Any]] = []
         refused = 0
         settled: set[int] = set()
+        drawn: dict[MaskKey, np.ndarray] = {}
         for i, data in enumerate(self.images):
-            maps, new, _ = maps_and_masks[i]
+            maps, new, _, refined_from = maps_and_masks[i]
             steady = previous is not None
             for k, t in enumerate(data.tokens):
                 soft[(i, t)] = maps[k]
+                drawn[(i, t)] = refined_from[k]
                 prev = previous.masks.get((i, t)) if previous is not None else None
                 mask = new[k]
                 was_refused = prev is not None and cfg.masks == "em" and not area_change_ok(prev, mask, cfg.area_change_max)
@@ -157,10 +160,10 @@ class MaskEstimator:
         converged = previous is not None and len(settled) == len(self.images)
         error = dict(previous.error) if previous is not None else {}
         refreshed = dict(previous.refreshed) if previous is not None else {}
-        for i, (_, _, err) in maps_and_masks.items():
+        for i, (_, _, err, _) in maps_and_masks.items():
             if err is not None:
                 error[i], refreshed[i] = err, iteration
-        return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled)
+        return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled, drawn)
 
     def _refresh_plan(self, iteration: int, previous: EStepResult | None, step: int) -> tuple[dict[int, int] | None, float]:
         """The images whose error signal this E-step recomputes, with their
@@ -177,9 +180,9 @@ class MaskEstimator:
 
     def _all_images(
         self, iteration: int, previous: EStepResult | None, refresh: dict[int, int] | None = None
-    ) -> dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray | None]]:
-        """Soft maps, refined masks and (where recomputed) the error signal of
-        every image (each process does its share)."""
+    ) -> dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray]]:
+        """Soft maps, refined masks, (where recomputed) the error signal and the
+        maps the masks were refined from, of every image (each process does its share)."""
         cfg = self.cfg
         mine = {}
         n_timesteps = cfg.init_mask_timesteps if iteration == 0 else cfg.mask_timesteps
@@ -199,25 +202,31 @@ class MaskEstimator:
             if previous is not None and cfg.masks == "em" and cfg.mask_momentum > 0:
                 prev = np.stack([previous.soft[(i, t)] for t in data.tokens])
                 maps = cfg.mask_momentum * prev + (1 - cfg.mask_momentum) * maps
+            drawn = maps
             if cfg.masks == "given":
                 new = [given_mask(data, k) for k in range(len(data.tokens))]
             else:
-                drawn = maps
                 for group in assignment_groups(data, cfg.mask_assignment):
-                    drawn = assign_regions(drawn, group, cfg.threshold, data.rgb if cfg.assignment_regions == "image" else None)
+                    last = [previous.masks[(i, data.tokens[k])] for k in group] if previous is not None and cfg.masks == "em" else None
+                    drawn = assign_regions(
+                        drawn, group, cfg.threshold, data.rgb if cfg.assignment_regions == "image" else None,
+                        previous=last, stay=cfg.assignment_stay,
+                    )
                 new = list(
                     mask_ops.refine_masks(
                         data.rgb, drawn, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
                     )
                 )
-            mine[i] = (maps, new, err)
+            mine[i] = (maps, new, err, drawn)
         self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
 
-    def _unchanged(self, image: int, previous: EStepResult) -> tuple[np.ndarray, list[np.ndarray], None]:
-        """An image's soft maps and masks as the previous E-step left them."""
+    def _unchanged(self, image: int, previous: EStepResult) -> tuple[np.ndarray, list[np.ndarray], None, np.ndarray]:
+        """An image's soft maps, masks and the maps they were refined from, as the previous E-step left them."""
         tokens = self.images[image].tokens
-        return np.stack([previous.soft[(image, t)] for t in tokens]), [previous.masks[(image, t)] for t in tokens], None
+        soft = np.stack([previous.soft[(image, t)] for t in tokens])
+        drawn = np.stack([previous.drawn[(image, t)] for t in tokens]) if previous.drawn else soft
+        return soft, [previous.masks[(image, t)] for t in tokens], None, drawn
 
     def settled(self, image: int, previous: EStepResult) -> bool:
         """Whether an image's masks stopped moving: at its last re-estimate (with a
