@@ -44,7 +44,7 @@ REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
 
 def assign_regions(
     maps: np.ndarray, objects: list[int], threshold: float, rgb: np.ndarray | None = None,
-    previous: list[np.ndarray] | None = None, stay: float = 0.0,
+    previous: list[np.ndarray] | None = None, stay: float = 0.0, parts: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them (the others are
@@ -53,13 +53,16 @@ def assign_regions(
     an image that yields no objects falls back to the maps' regions.  With
     `previous` (each object concept's last mask, any size) and `stay` > 0, a
     concept's score for a region gains `stay` x the share of the region its
-    last mask covered, so tokens trade objects only on clear evidence."""
+    last mask covered, so tokens trade objects only on clear evidence.  `parts`:
+    `image_parts(rgb, h)` computed beforehand (an image's objects do not change
+    between E-steps)."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)
     own = maps[objects]
     combined = own.max(axis=0)
-    parts = image_parts(rgb, combined.shape[0]) if rgb is not None else []
+    if parts is None:
+        parts = image_parts(rgb, combined.shape[0]) if rgb is not None else []
     regions = object_regions(combined, threshold, len(objects), own, parts)
     if not regions:
         return maps

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import InputError
 from . import masks as mask_ops
-from .assign import assign_regions
+from .assign import assign_regions, image_parts
 from .attention import normalize_minmax
 from .bundle import ModelBundle
 from .config import LearnConfig
@@ -92,6 +92,7 @@ class MaskEstimator:
         self.prompts = Prompts(model)
         self.par = parallel or Parallel()
         self.harvested: dict[MaskKey, tuple[np.ndarray, int]] = {}  # attention of training steps since the last E-step
+        self._parts: dict[int, list[np.ndarray]] = {}  # per image: its objects on the maps' grid (assign.image_parts)
 
     # -- attention harvested from the training steps -------------------------------
     def record(self, image: int, tokens: list[str], maps: torch.Tensor, flipped: bool, t: int) -> None:
@@ -209,8 +210,8 @@ class MaskEstimator:
                 for group in assignment_groups(data, cfg.mask_assignment):
                     last = [previous.masks[(i, data.tokens[k])] for k in group] if previous is not None and cfg.masks == "em" else None
                     drawn = assign_regions(
-                        drawn, group, cfg.threshold, data.rgb if cfg.assignment_regions == "image" else None,
-                        previous=last, stay=cfg.assignment_stay,
+                        drawn, group, cfg.threshold, previous=last, stay=cfg.assignment_stay,
+                        parts=self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
                     )
                 new = list(
                     mask_ops.refine_masks(
@@ -220,6 +221,12 @@ class MaskEstimator:
             mine[i] = (maps, new, err, drawn)
         self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
+
+    def image_objects(self, image: int, side: int) -> list[np.ndarray]:
+        """An image's objects on the maps' side x side grid, cut once per run (`assign.image_parts`)."""
+        if image not in self._parts:
+            self._parts[image] = image_parts(self.images[image].rgb, side)
+        return self._parts[image]
 
     def _unchanged(self, image: int, previous: EStepResult) -> tuple[np.ndarray, list[np.ndarray], None, np.ndarray]:
         """An image's soft maps, masks and the maps they were refined from, as the previous E-step left them."""
