@@ -212,9 +212,10 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
-    # built-in: later E-steps add 15% / 19% to the EM training time on projects of 3 / 10 images
-    # (39% / 76% without; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
-    # (ablation_no_budget.md); SD: its default signal (harvested attention) needs no pass
+    # built-in: later E-steps add 17% / 18% to the EM training time on projects of 3 / 10 images
+    # (13% / 41% without; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
+    # (ablation_no_budget.md, earlier defaults); half the budget lowered dev IoU (ablation_budget/);
+    # SD: its default signal (harvested attention) needs no pass
     "estep_passes_per_step": (float("inf"), 1.0),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
