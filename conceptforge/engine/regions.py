@@ -194,12 +194,11 @@ def group_regions(
     chords: Chords | None = None, merge_span: float = 0.0, merge_centre: float = 0.15, merge_bend: float = 1.0,
 ) -> dict[int, int]:
     """Group (a representative) of each of `regions` (labels whose `edge_counts` are `edges`):
-    touching groups merge, the pair with the longest shared edge (relative to the smaller
-    group's perimeter) first, while that share is at least `merge_boundary`, or, given
-    `chords`, their shared edge passes the chord rule (`Chords.fit`: span at least
-    `merge_span`, centroid within `merge_centre`), or, given one attention row per label,
-    their summed rows are closer than `merge_distance` (Jensen-Shannon).  The pair that
-    passes a rule by the widest margin merges first."""
+    touching groups merge while their shared edge is at least `merge_boundary` (0: off) of the
+    smaller group's perimeter, or, given `chords`, passes the chord rule (`Chords.fit`: span at
+    least `merge_span`, centroid within `merge_centre`, bend at most `merge_bend`), or, given
+    one attention row per label, their summed rows are closer than `merge_distance`
+    (Jensen-Shannon).  The pair that passes a rule by the widest margin merges first."""
     group = {r: r for r in regions}
     shared = edges.astype(np.float64)
     np.fill_diagonal(shared, 0)
