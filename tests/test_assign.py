@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conceptforge.engine.assign import assign_regions, object_regions
+from conceptforge.engine.assign import assign_regions, image_parts, object_regions
 from conceptforge.engine.masks import refine_masks
 from synthetic_images import with_pixel_noise
 
@@ -156,7 +156,7 @@ def test_with_the_image_twins_take_whole_objects_a_two_tone_one_included():
     cells = lambda m: (m.reshape(16, 4, 16, 4).mean(axis=(1, 3)) > 0.5).astype(np.float32)  # noqa: E731
     both = np.maximum(cells(a), cells(b))
     maps = np.stack([both, both, 1.0 - both])  # two tokens with one init word: the same map
-    masks = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb))
+    masks = _masks(rgb, assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16)))
     share = lambda m, obj: float((m & obj).sum() / obj.sum())  # noqa: E731
     assert share(masks[0], a) > 0.9 and share(masks[0], b) < 0.05  # the two-tone object whole, to the first in reading order
     assert share(masks[1], b) > 0.9 and share(masks[1], a) < 0.05
@@ -170,7 +170,7 @@ def test_an_object_no_twin_takes_is_left_to_the_maps():
     twin0 = np.maximum(a, c * 0.9)
     twin1 = np.maximum(b, c * 0.8)
     maps = np.stack([twin0, twin1, 1.0 - np.maximum(np.maximum(a, b), c)])
-    out = assign_regions(maps, [0, 1], 0.5, rgb)
+    out = assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16))
     assert out[0][a > 0].min() > 0.9 and out[0][b > 0].max() == 0
     assert out[1][b > 0].min() > 0.9 and out[1][a > 0].max() == 0
     np.testing.assert_array_equal(out[:2, c > 0], maps[:2, c > 0])
@@ -182,7 +182,7 @@ def test_an_image_without_objects_falls_back_to_the_maps_regions():
     both = np.maximum(a, b)
     maps = np.stack([both, both, 1.0 - both])
     flat = np.full((64, 64, 3), 128, np.uint8)
-    np.testing.assert_array_equal(assign_regions(maps, [0, 1], 0.5, flat), assign_regions(maps, [0, 1], 0.5))
+    np.testing.assert_array_equal(assign_regions(maps, [0, 1], 0.5, image_parts(flat, 16)), assign_regions(maps, [0, 1], 0.5))
 
 
 def test_stay_keeps_each_token_on_the_object_its_last_mask_covered():
@@ -191,7 +191,7 @@ def test_stay_keeps_each_token_on_the_object_its_last_mask_covered():
     maps = np.stack([both * 0.9 + a * 0.1, both, 1.0 - both])  # token 0 leans a little towards a
     rgb = _image(a, b)
     last = [np.kron(b, np.ones((4, 4))) > 0, np.kron(a, np.ones((4, 4))) > 0]  # token 0 held b, token 1 held a
-    moved = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb, previous=last, stay=0.0))
+    moved = _masks(rgb, assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16), previous=last, stay=0.0))
     assert _on(moved[0], a) > 0.9  # without the pull the slight lean decides: the tokens trade objects
-    kept = _masks(rgb, assign_regions(maps, [0, 1], 0.5, rgb, previous=last, stay=0.3))
+    kept = _masks(rgb, assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16), previous=last, stay=0.3))
     assert _on(kept[0], b) > 0.9 and _on(kept[1], a) > 0.9 and _on(kept[0], a) == 0

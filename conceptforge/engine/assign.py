@@ -38,37 +38,37 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from .regions import RegionRules, cell_coverage, cell_shares, image_regions
+
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
 
 
 def assign_regions(
-    maps: np.ndarray, objects: list[int], threshold: float, rgb: np.ndarray | None = None,
-    previous: list[np.ndarray] | None = None, stay: float = 0.0, parts: list[np.ndarray] | None = None,
+    maps: np.ndarray, objects: list[int], threshold: float, parts: list[np.ndarray] | None = None,
+    previous: list[np.ndarray] | None = None, stay: float = 0.0,
 ) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them (the others are
-    background concepts).  With the image `rgb`, the regions are the image's
-    objects (`image_parts`) and an object no concept takes is left to the maps;
-    an image that yields no objects falls back to the maps' regions.  With
-    `previous` (each object concept's last mask, any size) and `stay` > 0, a
-    concept's score for a region gains `stay` x the share of the region its
-    last mask covered, so tokens trade objects only on clear evidence.  `parts`:
-    `image_parts(rgb, h)` computed beforehand (an image's objects do not change
-    between E-steps)."""
+    background concepts).  With the image's objects `parts` (`image_parts`),
+    those are the regions and an object no concept takes is left to the maps;
+    without them, or when the image yields none, the regions come from the
+    maps.  With `previous` (each object concept's last mask, any size) and
+    `stay` > 0, a concept's score for a region gains `stay` x the share of the
+    region its last mask covered, so tokens trade objects only on clear
+    evidence."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)
     own = maps[objects]
     combined = own.max(axis=0)
-    if parts is None:
-        parts = image_parts(rgb, combined.shape[0]) if rgb is not None else []
+    parts = parts or []
     regions = object_regions(combined, threshold, len(objects), own, parts)
     if not regions:
         return maps
     prior = None
     if previous is not None and stay > 0:
-        cells = [mask_cells(m, combined.shape[0]) for m in previous]
+        cells = [cell_shares(m, combined.shape[0]) for m in previous]
         prior = stay * np.array([[float(c[r].mean()) for r in regions] for c in cells])
     owner = assign(own, regions, leftovers_join=not parts, prior=prior)
     out = maps.copy()
@@ -95,8 +95,6 @@ def foreground_cells(combined: np.ndarray, threshold: float) -> np.ndarray:
 def image_parts(rgb: np.ndarray, side: int) -> list[np.ndarray]:
     """The image's objects (`regions.image_regions`) as cells of the maps' side x side grid,
     each cell to the object or background that covers most of it."""
-    from .regions import RegionRules, cell_coverage, image_regions
-
     cut = image_regions(np.asarray(rgb), RegionRules())
     owner = cell_coverage(cut.labels, side).argmax(axis=0).reshape(side, side)
     cells = [owner == g for g in cut.objects]
@@ -158,14 +156,6 @@ def assignment_score(maps: np.ndarray, regions: list[np.ndarray]) -> float:
     score = region_shares(maps, regions)
     rows, cols = linear_sum_assignment(-score)
     return float(score[rows, cols].sum())
-
-
-def mask_cells(mask: np.ndarray, side: int) -> np.ndarray:
-    """The share of each cell of a side x side grid that a mask covers."""
-    from PIL import Image
-
-    layer = Image.fromarray(np.asarray(mask, np.float32), mode="F").resize((side, side), Image.BOX)
-    return np.asarray(layer, dtype=np.float64)
 
 
 def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True, prior: np.ndarray | None = None) -> list[int]:

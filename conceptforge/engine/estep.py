@@ -210,8 +210,8 @@ class MaskEstimator:
                 for group in assignment_groups(data, cfg.mask_assignment):
                     last = [previous.masks[(i, data.tokens[k])] for k in group] if previous is not None and cfg.masks == "em" else None
                     drawn = assign_regions(
-                        drawn, group, cfg.threshold, previous=last, stay=cfg.assignment_stay,
-                        parts=self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
+                        drawn, group, cfg.threshold, self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
+                        previous=last, stay=cfg.assignment_stay,
                     )
                 new = list(
                     mask_ops.refine_masks(

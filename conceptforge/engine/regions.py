@@ -96,15 +96,17 @@ def split_background(masks: np.ndarray, share: float) -> tuple[list[int], list[i
     return back, [k for k in range(len(masks)) if k not in back]
 
 
-def cell_coverage(labels: np.ndarray, side: int) -> np.ndarray:
-    """(R, side*side): the share of each cell of a side x side grid that each label 0..R-1 covers."""
+def cell_shares(mask: np.ndarray, side: int) -> np.ndarray:
+    """(side, side): the share of each cell of a side x side grid that a mask covers."""
     from PIL import Image
 
-    cover = []
-    for r in range(int(labels.max()) + 1):
-        layer = Image.fromarray((labels == r).astype(np.float32), mode="F").resize((side, side), Image.BOX)
-        cover.append(np.asarray(layer, dtype=np.float64).reshape(-1))
-    return np.stack(cover)
+    layer = Image.fromarray(np.asarray(mask, np.float32), mode="F").resize((side, side), Image.BOX)
+    return np.asarray(layer, dtype=np.float64)
+
+
+def cell_coverage(labels: np.ndarray, side: int) -> np.ndarray:
+    """(R, side*side): the share of each cell of a side x side grid that each label 0..R-1 covers."""
+    return np.stack([cell_shares(labels == r, side).reshape(-1) for r in range(int(labels.max()) + 1)])
 
 
 def edge_counts(labels: np.ndarray) -> np.ndarray:
