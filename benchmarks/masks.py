@@ -282,7 +282,7 @@ def keep_estep(event, out: list[EStep]) -> None:
         return
     r = event.payload
     refused = {(m["image"], m["token"]): bool(m.get("refused")) for m in r.records}
-    out.append(EStep(r.iteration, event.step, {k: np.array(v, np.float32) for k, v in (r.drawn or r.soft).items()},
+    out.append(EStep(r.iteration, event.step, {k: np.array(v, np.float32) for k, v in r.drawn.items()},
                      {k: np.array(v, bool) for k, v in r.masks.items()}, refused))
 
 

@@ -207,13 +207,16 @@ def group_regions(
     summed = {r: rows[r].copy() for r in regions} if rows is not None and merge_distance > 0 else {}
     distances: dict[tuple[int, int], float] = {}
     members = {r: [r] for r in regions}
+    chord_scores: dict[tuple[int, int], float] = {}
 
     def chord(a: int, b: int) -> float:
         """How far the pair passes the chord rule (>= 1: it does), 0 when off."""
         if chords is None or merge_span <= 0:
             return 0.0
-        span, off, bend = chords.fit(members[a], members[b])
-        return span / merge_span if off <= merge_centre and bend <= merge_bend else 0.0
+        if (a, b) not in chord_scores:
+            span, off, bend = chords.fit(members[a], members[b])
+            chord_scores[a, b] = span / merge_span if off <= merge_centre and bend <= merge_bend else 0.0
+        return chord_scores[a, b]
 
     def close(a: int, b: int) -> bool:
         if not summed:
@@ -240,6 +243,7 @@ def group_regions(
         _, a, b = max(chosen, key=lambda p: (p[0], -p[1], -p[2]))
         group = {r: (a if g == b else g) for r, g in group.items()}
         members[a] += members.pop(b)
+        chord_scores = {k: v for k, v in chord_scores.items() if a not in k and b not in k}
         shared[a] += shared[b]
         shared[:, a] += shared[:, b]
         shared[b] = shared[:, b] = 0
