@@ -32,7 +32,7 @@ def _masks_copy(trainer):
 
 def _set_signal(trainer, maps_by_image):
     """Make the E-step read prescribed soft maps (per image: K x att x att)."""
-    trainer.estimator.signal_and_error = lambda image, iteration, n, seed: (maps_by_image[image], None)
+    trainer.estimator.signal_and_error = lambda image, iteration, n, seed, older=None: (maps_by_image[image], None)
 
 
 def _blob(att: int, top: int, left: int, side: int) -> np.ndarray:
@@ -308,7 +308,7 @@ def test_error_passes_follow_the_training_steps_not_the_images(project):
     for i, data in enumerate(trainer.images):  # last error signal + the attention harvested since
         harvested = trainer.estimator.harvested_maps(i)
         assert harvested is None  # cleared by the E-step
-        assert np.array_equal(result.error[i], first_error[i])
+        assert result.error[i] is first_error[i]
     trainer.step = 10
     result = trainer.run_estep()
     assert asked == [0, 1] and result.credit == 0.0 and result.refreshed == {0: 2, 1: 2}
@@ -337,7 +337,7 @@ def test_an_image_without_an_error_pass_combines_its_last_error_with_fresh_atten
         if harvested[i] is None:  # nothing new to go on: the masks stay
             assert np.array_equal(soft, np.stack([first.soft[(i, t)] for t in data.tokens]))
         else:
-            assert np.allclose(soft, combine(first.error[i], harvested[i]), atol=1e-6)
+            assert np.allclose(soft, combine(first.error[i].normalized, harvested[i]), atol=1e-6)
     assert any(h is not None for h in harvested.values())
     # a stale error signal barely moves a mask: that is no evidence of convergence
     assert result.settled == set() and not result.converged
@@ -354,7 +354,25 @@ def test_the_error_budget_survives_a_checkpoint(project):
     again.restore(state)
     a, b = trainer.estep_result, again.estep_result
     assert (a.step, a.credit, a.refreshed) == (b.step, b.credit, b.refreshed) and a.credit > 0
-    assert all(np.array_equal(a.error[i], b.error[i]) for i in a.error)
+    assert all(np.array_equal(a.error[i].raw, b.error[i].raw) and a.error[i].weight == b.error[i].weight for i in a.error)
+
+
+def test_error_memory_pools_an_images_passes_by_their_timesteps(project):
+    settings = dict(init_mask_signal="error", mask_signal="error", mask_timesteps=2, init_mask_timesteps=4, mask_t_min=0, mask_t_max=999,
+                    estep_passes_per_step=float("inf"), estep_skip_settled=False, crf=False, mask_momentum=0)
+    plain, pooled = _trainer(project, **settings), _trainer(project, error_memory=0.5, **settings)
+    for trainer in (plain, pooled):
+        trainer.start()
+        trainer.step = 1
+    first = pooled.estep_result.error
+    assert all(e.weight == 4.0 for e in first.values())
+    fresh, again = plain.run_estep(), pooled.run_estep()  # the same pass on both (same tokens, seed and E-step)
+    for i in first:
+        # the first pass's 4 timesteps count half: (0.5 x 4 x first + 2 x fresh) / (2 + 2)
+        expected = (2.0 * first[i].raw + 2.0 * fresh.error[i].raw) / 4.0
+        assert again.error[i].weight == 4.0 and np.allclose(again.error[i].raw, expected, atol=1e-6)
+        assert fresh.error[i].weight == 2.0  # without memory: the latest pass alone
+        assert np.allclose(np.stack([again.soft[(i, t)] for t in plain.images[i].tokens]), again.error[i].normalized, atol=1e-6)
 
 
 def test_an_estep_keeps_the_maps_it_refined_its_masks_from(project):

@@ -77,6 +77,10 @@ class LearnConfig(BaseModel):
         "the region its last mask covered (tokens trade objects only on clear evidence); 0: no pull"
     )
     mask_momentum: float = Field(ge=0, lt=1, description="weight of the previous soft maps in each E-step")
+    error_memory: float = Field(
+        ge=0, le=1, description="an image's error signal pools its passes so far: at each new pass the older "
+        "timesteps count this much (1: all alike); 0: the latest pass alone"
+    )
     area_change_max: float = Field(ge=1, le=1e6, description="a new mask more than this factor larger/smaller than the last is refused")
     mask_converged: float = Field(gt=0, le=1)
     init_mask_signal: MaskSignal
@@ -194,6 +198,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # built-in, joint, dev1 / dev2 x seeds 0, 1: stay 0.3 gave 0.782 / 0.790 / 0.741 / 0.705 (mean 0.755,
     # vs 0.754 without): no gain (benchmarks/results/ablation_joint_chord/)
     "assignment_stay": (0.0, 0.0),
+    "error_memory": (0.0, 0.0),
     "mask_momentum": (0.5, 0.0),  # built-in: undamped E-steps gave final IoU 0.433 vs 0.399 damped (6 scenes)
     # built-in: no bound on mask growth per E-step; with 2.5x a wrong or tiny first mask
     # stays (24 scenes, final mean IoU 0.589 vs 0.517)

@@ -46,6 +46,27 @@ BATCH_TARGET = 16  # UNet batch of an E-step pass: timesteps x prompts (CPU thro
 
 
 @dataclass
+class ErrorSignal:
+    """An image's error signal: the mean rise of the denoising error per concept
+    (K, att, att), pooled over `weight` timesteps (`error_memory`)."""
+
+    raw: np.ndarray
+    weight: float
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """Min-max normalised per concept: the signal's maps."""
+        return normalize_minmax(torch.from_numpy(self.raw)).numpy()
+
+    def pooled(self, older: ErrorSignal | None, keep: float) -> ErrorSignal:
+        """This pass pooled with an `older` signal whose timesteps count `keep` times each."""
+        if older is None or keep <= 0:
+            return self
+        w = keep * older.weight
+        return ErrorSignal(((w * older.raw + self.weight * self.raw) / (w + self.weight)).astype(np.float32), w + self.weight)
+
+
+@dataclass
 class EStepResult:
     """Masks and soft maps of every concept after one E-step, with per-concept figures."""
 
@@ -56,7 +77,7 @@ class EStepResult:
     converged: bool = False
     refused: int = 0
     step: int = 0  # EM-phase training steps done when this E-step ran
-    error: dict[int, np.ndarray] = field(default_factory=dict)  # per image: last error signal (K, att, att), min-max normalised
+    error: dict[int, ErrorSignal] = field(default_factory=dict)  # per image: its error signal as last computed
     refreshed: dict[int, int] = field(default_factory=dict)  # per image: E-step of that error signal
     credit: float = 0.0  # UNet samples later E-steps may still spend on error passes
     settled: set[int] = field(default_factory=set)  # images whose masks stopped moving (see MaskEstimator.estimate)
@@ -181,7 +202,7 @@ class MaskEstimator:
 
     def _all_images(
         self, iteration: int, previous: EStepResult | None, refresh: dict[int, int] | None = None
-    ) -> dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray]]:
+    ) -> dict[int, tuple[np.ndarray, list[np.ndarray], ErrorSignal | None, np.ndarray]]:
         """Soft maps, refined masks, (where recomputed) the error signal and the
         maps the masks were refined from, of every image (each process does its share)."""
         cfg = self.cfg
@@ -194,7 +215,8 @@ class MaskEstimator:
                 continue
             seed = cfg.seed * 1000 + iteration
             if refresh is None or i in refresh:
-                maps, err = self.signal_and_error(i, iteration, n_timesteps if refresh is None else refresh[i], seed)
+                older = previous.error.get(i) if previous is not None and cfg.masks == "em" else None
+                maps, err = self.signal_and_error(i, iteration, n_timesteps if refresh is None else refresh[i], seed, older)
             else:
                 maps, err = self.signal_from_last_error(i, previous.error.get(i)), None
                 if maps is None:  # no fresh attention and no error signal: nothing new to go on
@@ -247,9 +269,12 @@ class MaskEstimator:
         (see `signal_and_error`)."""
         return self.signal_and_error(image, iteration, n_timesteps, seed)[0]
 
-    def signal_and_error(self, image: int, iteration: int, n_timesteps: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def signal_and_error(
+        self, image: int, iteration: int, n_timesteps: int, seed: int, older: ErrorSignal | None = None
+    ) -> tuple[np.ndarray, ErrorSignal | None]:
         """Per-concept soft maps of one image, min-max normalised: (K, att, att),
-        and the error signal computed on the way (None for `attention`).
+        and the error signal computed on the way, pooled with the `older` one
+        as `error_memory` says (None for `attention`).
 
         The first E-step reads `init_mask_signal`, later ones `mask_signal`: the
         tokens' cross-attention (`attention`), the denoising-error rise without
@@ -263,19 +288,21 @@ class MaskEstimator:
             attention = harvested if harvested is not None else self.attention_maps(image, n_timesteps, seed)
             return normalize_minmax(torch.from_numpy(attention)).numpy(), None
         gain, attention = self.error_maps(image, n_timesteps, seed, use_init=self._init_reference(iteration))
-        err = normalize_minmax(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att)).numpy()
-        return (err if kind == "error" else combine(err, attention)), err
+        fresh = ErrorSignal(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(gain), self.model.att).numpy(), float(n_timesteps))
+        signal = fresh.pooled(older, self.cfg.error_memory)
+        err = signal.normalized
+        return (err if kind == "error" else combine(err, attention)), signal
 
-    def signal_from_last_error(self, image: int, error: np.ndarray | None) -> np.ndarray | None:
+    def signal_from_last_error(self, image: int, error: ErrorSignal | None) -> np.ndarray | None:
         """Soft maps of an image whose error pass this E-step skips: its last error
         signal with the attention harvested since (`both`), or that signal alone
         (`error`); None when there is nothing to combine."""
         if error is None:
             return None
         if self.cfg.mask_signal == "error":
-            return error
+            return error.normalized
         attention = self.harvested_maps(image)
-        return None if attention is None else combine(error, attention)
+        return None if attention is None else combine(error.normalized, attention)
 
     def _init_reference(self, iteration: int) -> bool:
         """`error_reference: init` in E-steps after the first; the first always drops

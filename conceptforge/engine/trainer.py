@@ -18,7 +18,7 @@ from ..errors import InputError, TrainingDiverged
 from .bundle import ModelBundle
 from .config import LearnConfig
 from .data import Conditioning, ImageData, Prompts, encode_image
-from .estep import EStepResult, MaskEstimator
+from .estep import ErrorSignal, EStepResult, MaskEstimator
 from .events import Event, EventBus
 from .losses import method_loss
 from .parallel import Parallel
@@ -297,7 +297,8 @@ class Trainer:
             "step": r.step,
             "credit": r.credit,
             "refreshed": {str(i): n for i, n in r.refreshed.items()},
-            "maps": {str(i): m for i, m in r.error.items()},
+            "maps": {str(i): e.raw for i, e in r.error.items()},
+            "weights": {str(i): e.weight for i, e in r.error.items()},
             "settled": sorted(r.settled),
         }
 
@@ -307,7 +308,8 @@ class Trainer:
         r = self.estep_result
         r.step, r.credit = int(saved["step"]), float(saved["credit"])
         r.refreshed = {int(i): int(n) for i, n in saved["refreshed"].items()}
-        r.error = {int(i): np.asarray(m, np.float32) for i, m in saved["maps"].items()}
+        weights = saved.get("weights", {})  # absent before error_memory: each signal counts as one full pass
+        r.error = {int(i): ErrorSignal(np.asarray(m, np.float32), float(weights.get(i, self.cfg.mask_timesteps))) for i, m in saved["maps"].items()}
         r.settled = {int(i) for i in saved.get("settled", [])}
 
     def restore(self, state: dict[str, Any]) -> None:
