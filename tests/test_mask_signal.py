@@ -40,11 +40,11 @@ def _scene_learner(tmp_path: Path, **settings) -> Trainer:
 
 
 def test_learned_tokens_lower_the_error_inside_their_own_concept(tmp_path):
-    learner = _scene_learner(tmp_path, masks="given")  # error_reference: init, the built-in default
+    learner = _scene_learner(tmp_path, masks="given")
     learner.start()
     for _ in range(150):
         learner.train_step()
-    # as in the second E-step, which reads the init reference
+    # as a later E-step reads it with error_reference: init
     gain, attention = learner.estimator.error_maps(0, 8, seed=0, use_init=True)
     gts = [resize_mask(g, *gain.shape[-2:]) for g in learner.images[0].gt]
     inside = np.array([[gain[k][gt].mean() for gt in gts] for k in range(len(gts))])
