@@ -19,7 +19,9 @@ previous E-step (unspent credit carries over), refreshing the images whose
 error maps are oldest first (with fewer timesteps, down to
 MIN_REFRESH_TIMESTEPS, where the credit does not pay for all), and the others
 combine their last error map with fresh harvested attention.  So the E-step
-cost follows the training steps, not the number of images.
+cost follows the training steps, not the number of images.  With
+`error_memory` an image's error signal pools its passes so far (`ErrorSignal`),
+so a short later pass does not outweigh the first E-step's longer one.
 """
 
 from __future__ import annotations
