@@ -193,7 +193,7 @@ class Chords:
 
 def group_regions(
     regions: list[int], edges: np.ndarray, merge_boundary: float, rows: np.ndarray | None = None, merge_distance: float = 0.0,
-    chords: Chords | None = None, merge_span: float = 0.0, merge_centre: float = 0.15, merge_bend: float = 1.0,
+    chords: Chords | None = None, merge_span: float = 0.0, merge_centre: float = RegionRules.merge_centre, merge_bend: float = RegionRules.merge_bend,
 ) -> dict[int, int]:
     """Group (a representative) of each of `regions` (labels whose `edge_counts` are `edges`):
     touching groups merge while their shared edge is at least `merge_boundary` (0: off) of the
