@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="800006,800021", help="built-in scene seeds (development scenes)")
     ap.add_argument("--steps", type=int, default=50, help="EM-phase training steps before the pass")
     args = ap.parse_args()
-    from scene_projects import PlannedConcept, build_project
+    from scene_projects import scene_project
 
     from conceptforge.engine.config import resolve_config
     from conceptforge.engine.learn import build_trainer
@@ -48,10 +48,7 @@ def main() -> None:
     print("|---|---|---:|---|---:|---|---|")
     for seed in (int(s) for s in args.seeds.split(",")):
         scene = sample_scene(seed)
-        concepts = [PlannedConcept(f"<o{k}>", o.shape, False, o.mask) for k, o in enumerate(scene.objects)]
-        concepts.append(PlannedConcept("<bg>", "background", True, scene.background_mask))
-        root = Path(tempfile.mkdtemp()) / "p"
-        build_project(root, [(seed, scene.image, concepts)])
+        root = scene_project(Path(tempfile.mkdtemp()) / "p", [seed])
         trainer = build_trainer(Project.load(root), resolve_config(True, {}, {}))
         trainer.start()
         for _ in range(args.steps):

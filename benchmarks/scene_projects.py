@@ -48,6 +48,20 @@ def build_project(root: Path, scenes: list[tuple[int, Image.Image, list[PlannedC
     return stems
 
 
+def scene_project(root: Path, seeds: list[int]) -> Path:
+    """A built-in project of the scenes: one token per object (its shape word) and one per background."""
+    from conceptforge.shapes.world import sample_scene
+
+    scenes = []
+    for seed in seeds:
+        scene = sample_scene(seed)
+        concepts = [PlannedConcept(f"<s{seed}-o{k}>", obj.shape, False, obj.mask) for k, obj in enumerate(scene.objects)]
+        concepts.append(PlannedConcept(f"<s{seed}-bg>", "background", True, scene.background_mask))
+        scenes.append((seed, scene.image, concepts))
+    build_project(root, scenes)
+    return root
+
+
 def matched_ious(masks: list[np.ndarray], truth: list[np.ndarray]) -> list[float]:
     """Per true object, the IoU of the mask matched to it one-to-one (Hungarian
     on IoU, maximising the total); 0 for an object no mask is matched to."""

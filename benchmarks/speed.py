@@ -99,22 +99,6 @@ def builtin_worker(device: str, steps: int) -> dict:
 # --------------------------------------------------------------------------- 2. several images
 
 
-def scene_project(root: Path, seeds: list[int]) -> Path:
-    """A built-in project of the scenes: one token per object (its shape word) and one per background."""
-    from scene_projects import PlannedConcept, build_project
-
-    from conceptforge.shapes.world import sample_scene
-
-    scenes = []
-    for seed in seeds:
-        scene = sample_scene(seed)
-        concepts = [PlannedConcept(f"<s{seed}-o{k}>", obj.shape, False, obj.mask) for k, obj in enumerate(scene.objects)]
-        concepts.append(PlannedConcept(f"<s{seed}-bg>", "background", True, scene.background_mask))
-        scenes.append((seed, scene.image, concepts))
-    build_project(root, scenes)
-    return root
-
-
 def two_object_seeds(n: int, start: int = 700_000) -> list[int]:
     """Scenes of two objects of different shapes (seeds apart from the mask benchmark's)."""
     from conceptforge.shapes.world import sample_scene
@@ -131,6 +115,8 @@ def two_object_seeds(n: int, start: int = 700_000) -> list[int]:
 def multi_worker(device: str, images: int, settings: dict, repeats: int = 3) -> dict:
     """learn --masks em and --masks fixed on one project of `images` scenes, `repeats` times each,
     alternating which goes first (the machine's drift falls on both alike)."""
+    from scene_projects import scene_project
+
     from conceptforge.engine.evaluate import iou_curves
     from conceptforge.engine.learn import learn_project
     from conceptforge.engine.runs import find_run
