@@ -195,3 +195,45 @@ def test_stay_keeps_each_token_on_the_object_its_last_mask_covered():
     assert _on(moved[0], a) > 0.9  # without the pull the slight lean decides: the tokens trade objects
     kept = _masks(rgb, assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16), previous=last, stay=0.3))
     assert _on(kept[0], b) > 0.9 and _on(kept[1], a) > 0.9 and _on(kept[0], a) == 0
+
+
+def _half_ground_coloured_object_beside_another(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Brown ground, pixel noise: object A (24x24 px, its left half white, its right half orange,
+    near the ground's colour) and object B (purple) apart from it; the pixel masks of A, A's
+    white half and B."""
+    a = np.zeros((size, size), bool)
+    a[16:40, 8:32] = True
+    white = np.zeros_like(a)
+    white[16:40, 8:20] = True
+    b = np.zeros_like(a)
+    b[20:44, 40:56] = True
+    rgb = np.full((size, size, 3), (120.0, 70.0, 30.0))
+    rgb[a] = (240, 140, 30)
+    rgb[white] = (235, 235, 235)
+    rgb[b] = (150, 50, 200)
+    return with_pixel_noise(rgb), a, white, b
+
+
+@pytest.mark.parametrize("clear_background", [False, True])
+def test_an_object_taken_whole_keeps_the_half_whose_colour_is_the_grounds(clear_background):
+    # A's map is strong on its white half and weak on its orange half, where the background's
+    # map is high: only with the background cleared on the objects the concepts took does A's
+    # mask cover A whole
+    rgb, a, white, b = _half_ground_coloured_object_beside_another()
+    cells = lambda m: m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).astype(np.float32)  # noqa: E731
+    maps = np.stack([np.maximum(cells(white), 0.3 * cells(a)), cells(b), 1.0 - np.maximum(cells(white), cells(b))])
+    backgrounds = [2] if clear_background else None
+    masks = _masks(rgb, assign_regions(maps, [0, 1], 0.5, image_parts(rgb, 16), backgrounds=backgrounds))
+    share = lambda m, obj: float((m & obj).sum() / obj.sum())  # noqa: E731
+    assert share(masks[1], b) > 0.95
+    if clear_background:
+        assert share(masks[0], a) > 0.95 and share(masks[2], a) < 0.05
+    else:
+        assert share(masks[0], a) < 0.6 and share(masks[2], a) > 0.4
+
+
+def test_backgrounds_keep_their_maps_when_the_regions_come_from_the_maps():
+    a, b = _blob(2, 2), _blob(10, 10)
+    maps = np.stack([a, b, np.ones_like(a)])
+    out = assign_regions(maps, [0, 1], 0.5, backgrounds=[2])
+    assert np.array_equal(out[2], maps[2])

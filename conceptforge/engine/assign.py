@@ -28,8 +28,12 @@ identical) can split one object between them or both settle on it.  In
 3. each concept's map is set to zero on the regions of the other concepts
    and raised to the foreground level on its own.
 
-Background concepts take no part (they take what the objects leave).  The
-maps stay soft; the DenseCRF still draws the masks.
+Background concepts take no part in the assignment (they take what the
+objects leave); with the image's objects as regions, their maps are cleared
+on the objects the concepts took, so a background whose colour an object
+shares (the orange half of an orange-and-white star on brown ground) cannot
+draw that part of the object away in the DenseCRF.  The maps stay soft; the
+DenseCRF still draws the masks.
 """
 
 from __future__ import annotations
@@ -46,17 +50,19 @@ REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
 
 def assign_regions(
     maps: np.ndarray, objects: list[int], threshold: float, parts: list[np.ndarray] | None = None,
-    previous: list[np.ndarray] | None = None, stay: float = 0.0,
+    previous: list[np.ndarray] | None = None, stay: float = 0.0, backgrounds: list[int] | None = None,
 ) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
-    `objects` given the regions jointly assigned to them (the others are
-    background concepts).  With the image's objects `parts` (`image_parts`),
-    those are the regions and an object no concept takes is left to the maps;
-    without them, or when the image yields none, the regions come from the
-    maps.  With `previous` (each object concept's last mask, any size) and
-    `stay` > 0, a concept's score for a region gains `stay` x the share of the
-    region its last mask covered, so tokens trade objects only on clear
-    evidence."""
+    `objects` given the regions jointly assigned to them.  With the image's
+    objects `parts` (`image_parts`), those are the regions, an object no
+    concept takes is left to the maps, and the maps of the `backgrounds`
+    concepts are cleared on the objects the concepts took (an object of the
+    image is no background's, even where its colour is the background's);
+    without parts, or when the image yields none, the regions come from the
+    maps and the backgrounds keep their maps.  With `previous` (each object
+    concept's last mask, any size) and `stay` > 0, a concept's score for a
+    region gains `stay` x the share of the region its last mask covered, so
+    tokens trade objects only on clear evidence."""
     if len(objects) < 2:
         return maps
     maps = np.asarray(maps, np.float32)
@@ -81,6 +87,9 @@ def assign_regions(
             elif o >= 0:
                 others |= regions[r]
         out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], combined), out[k]))
+    taken = [regions[r] for r, o in enumerate(owner) if o >= 0]
+    if parts and backgrounds and taken:
+        out[backgrounds] = np.where(np.logical_or.reduce(taken), 0.0, out[backgrounds])
     return out
 
 

@@ -235,7 +235,7 @@ class MaskEstimator:
                     last = [previous.masks[(i, data.tokens[k])] for k in group] if previous is not None and cfg.masks == "em" else None
                     drawn = assign_regions(
                         drawn, group, cfg.threshold, self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
-                        previous=last, stay=cfg.assignment_stay,
+                        previous=last, stay=cfg.assignment_stay, backgrounds=[k for k, bg in enumerate(data.background) if bg],
                     )
                 new = list(
                     mask_ops.refine_masks(
