@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conceptforge.engine.assign import assign_regions, image_parts, object_regions
+from conceptforge.engine.assign import assign, assign_regions, image_parts, object_regions, region_scores
 from conceptforge.engine.masks import refine_masks
 from synthetic_images import with_pixel_noise
 
@@ -237,3 +237,17 @@ def test_backgrounds_keep_their_maps_when_the_regions_come_from_the_maps():
     maps = np.stack([a, b, np.ones_like(a)])
     out = assign_regions(maps, [0, 1], 0.5, backgrounds=[2])
     assert np.array_equal(out[2], maps[2])
+
+
+def test_a_region_goes_to_the_concept_that_explains_it_best_not_to_the_one_whose_mass_lies_there():
+    # both concepts fire most on the small object Y; A also fires on the large object X more than
+    # B does, and spreads over the background.  Most of B's map mass lies on X (it is large), so
+    # scoring by a map's share of mass would hand X to B; by the share of each region's evidence,
+    # A explains X (0.5 vs 0.2) and B gets Y
+    x, y = _blob(1, 1, side=6) > 0, _blob(11, 11, side=2) > 0
+    rest = ~(x | y)
+    a = 0.5 * x + 1.0 * y + 0.4 * rest
+    b = 0.2 * x + 0.8 * y
+    scores = region_scores(np.stack([a, b]), [x, y])
+    assert np.allclose(scores.sum(axis=0), 1.0, atol=2e-3) and scores[0, 0] == pytest.approx(0.5 / 0.7, abs=2e-3)
+    assert assign(np.stack([a, b]), [x, y], leftovers_join=False) == [0, 1]

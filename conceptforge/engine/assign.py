@@ -18,8 +18,11 @@ identical) can split one object between them or both settle on it.  In
    whose cut lets the concepts' maps be assigned best (a block of two
    touching objects, not a single object that one concept already covers),
    the largest where the maps cannot tell (identical twins);
-2. each concept's score for a region is the share of its map's mass that lies
-   in the region; a one-to-one assignment maximises the total score
+2. each concept's score for a region is how much of the region's evidence is
+   its own: its mean map value over the region as a share of all the
+   concepts' mean values there (`region_scores`; which concept explains the
+   region best, however large the region and however much of a concept's
+   map lies elsewhere); a one-to-one assignment maximises the total score
    (Hungarian), ties going to the earlier concept and the earlier region in
    reading order, so identical maps still get different regions; a region
    left over joins the nearest assigned one when it came from the maps (a
@@ -46,6 +49,7 @@ from .regions import RegionRules, cell_coverage, cell_shares, image_regions
 
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
+TIE_BREAK = 1e-3  # weight of a concept's share of map mass in its score for a region (decides ties only)
 
 
 def assign_regions(
@@ -167,12 +171,24 @@ def assignment_score(maps: np.ndarray, regions: list[np.ndarray]) -> float:
     return float(score[rows, cols].sum())
 
 
+def region_scores(maps: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
+    """(concepts, regions): each concept's mean map value over each region, as a share
+    of the concepts' mean values there (equal shares where every map is zero), plus
+    TIE_BREAK x its share of map mass there (`region_shares`), so that where the maps
+    cannot tell (identical twins) the regions holding more of them, whole objects
+    rather than pieces, are taken."""
+    means = np.array([[float(m[r].mean()) for r in regions] for m in maps])
+    total = means.sum(axis=0, keepdims=True)
+    explained = np.divide(means, total, out=np.full_like(means, 1.0 / len(maps)), where=total > 0)
+    return explained + TIE_BREAK * region_shares(maps, regions)
+
+
 def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True, prior: np.ndarray | None = None) -> list[int]:
-    """For each region, the index (into `maps`) of the concept that gets it (the scores
-    plus `prior`, (concepts, regions), where given); a region left over joins the nearest
-    assigned one (a piece of an object), or with `leftovers_join` off stays nobody's (-1: a
-    whole object of the image that none of the concepts took)."""
-    score = region_shares(maps, regions)
+    """For each region, the index (into `maps`) of the concept that gets it
+    (`region_scores` plus `prior`, (concepts, regions), where given); a region left over
+    joins the nearest assigned one (a piece of an object), or with `leftovers_join` off
+    stays nobody's (-1: a whole object of the image that none of the concepts took)."""
+    score = region_scores(maps, regions)
     if prior is not None:
         score = score + prior
     rows, cols = linear_sum_assignment(-score)

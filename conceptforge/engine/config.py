@@ -195,9 +195,10 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # image's objects vs 0.882 / 83% with the maps' regions (benchmarks/results/same_word_dev.md);
     # SD: the image rule (benchmarks/discover.py) has not been measured on photos
     "assignment_regions": ("maps", "image"),
-    # built-in, joint, dev1 / dev2 x seeds 0, 1: stay 0.3 gave 0.782 / 0.790 / 0.741 / 0.705 (mean 0.755,
-    # vs 0.754 without): no gain (benchmarks/results/ablation_joint_chord/)
-    "assignment_stay": (0.0, 0.0),
+    # built-in: with regions scored by the share of their evidence a concept explains, later E-steps
+    # traded exact masks on noise (dev2 em 0.762 vs fixed 0.864); stay 0.3 keeps them
+    # (benchmarks/results/ablation_assignment/). Earlier, with mass shares: no gain (ablation_joint_chord/)
+    "assignment_stay": (0.0, 0.3),
     # built-in, error_reference drop, same runs: 0.5 gave 0.841 / 0.768 / 0.805 / 0.808 (mean 0.806),
     # 1.0 gave 0.799, 0 (the latest pass alone) 0.798 (benchmarks/results/ablation_reference/); SD: unmeasured
     "error_memory": (0.0, 0.5),
