@@ -251,3 +251,11 @@ def test_a_region_goes_to_the_concept_that_explains_it_best_not_to_the_one_whose
     scores = region_scores(np.stack([a, b]), [x, y])
     assert np.allclose(scores.sum(axis=0), 1.0, atol=2e-3) and scores[0, 0] == pytest.approx(0.5 / 0.7, abs=2e-3)
     assert assign(np.stack([a, b]), [x, y], leftovers_join=False) == [0, 1]
+    assert assign(np.stack([a, b]), [x, y], leftovers_join=False, score="mass") == [1, 0]
+
+
+def test_the_built_in_model_scores_regions_by_evidence_explained_and_sd_by_mass():
+    from conceptforge.engine.config import resolve_config
+
+    assert resolve_config(True, {}, {}).assignment_score == "explained"
+    assert resolve_config(False, {}, {}).assignment_score == "mass"

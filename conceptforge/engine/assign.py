@@ -18,11 +18,13 @@ identical) can split one object between them or both settle on it.  In
    whose cut lets the concepts' maps be assigned best (a block of two
    touching objects, not a single object that one concept already covers),
    the largest where the maps cannot tell (identical twins);
-2. each concept's score for a region is how much of the region's evidence is
-   its own: its mean map value over the region as a share of all the
-   concepts' mean values there (`region_scores`; which concept explains the
-   region best, however large the region and however much of a concept's
-   map lies elsewhere); a one-to-one assignment maximises the total score
+2. each concept's score for a region (`assignment_score`) is, with
+   `explained` (built-in), how much of the region's evidence is its own: its
+   mean map value over the region as a share of all the concepts' mean values
+   there (`region_scores`; which concept explains the region best, however
+   large the region and however much of a concept's map lies elsewhere); with
+   `mass` (SD), the share of its map's mass that lies in the region
+   (`region_shares`); a one-to-one assignment maximises the total score
    (Hungarian), ties going to the earlier concept and the earlier region in
    reading order, so identical maps still get different regions; a region
    left over joins the nearest assigned one when it came from the maps (a
@@ -55,6 +57,7 @@ TIE_BREAK = 1e-3  # weight of a concept's share of map mass in its score for a r
 def assign_regions(
     maps: np.ndarray, objects: list[int], threshold: float, parts: list[np.ndarray] | None = None,
     previous: list[np.ndarray] | None = None, stay: float = 0.0, backgrounds: list[int] | None = None,
+    score: str = "explained",
 ) -> np.ndarray:
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them.  With the image's
@@ -80,7 +83,7 @@ def assign_regions(
     if previous is not None and stay > 0:
         cells = [cell_shares(m, combined.shape[0]) for m in previous]
         prior = stay * np.array([[float(c[r].mean()) for r in regions] for c in cells])
-    owner = assign(own, regions, leftovers_join=not parts, prior=prior)
+    owner = assign(own, regions, leftovers_join=not parts, prior=prior, score=score)
     out = maps.copy()
     for j, k in enumerate(objects):
         mine = np.zeros(own.shape[1:], dtype=bool)
@@ -183,15 +186,21 @@ def region_scores(maps: np.ndarray, regions: list[np.ndarray]) -> np.ndarray:
     return explained + TIE_BREAK * region_shares(maps, regions)
 
 
-def assign(maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True, prior: np.ndarray | None = None) -> list[int]:
-    """For each region, the index (into `maps`) of the concept that gets it
-    (`region_scores` plus `prior`, (concepts, regions), where given); a region left over
-    joins the nearest assigned one (a piece of an object), or with `leftovers_join` off
-    stays nobody's (-1: a whole object of the image that none of the concepts took)."""
-    score = region_scores(maps, regions)
+def assign(
+    maps: np.ndarray, regions: list[np.ndarray], leftovers_join: bool = True, prior: np.ndarray | None = None,
+    score: str = "explained",
+) -> list[int]:
+    """For each region, the index (into `maps`) of the concept that gets it (the
+    scores, `region_scores` for `explained` or `region_shares` for `mass`, plus
+    `prior`, (concepts, regions), where given); a region left over joins the nearest
+    assigned one (a piece of an object), or with `leftovers_join` off stays nobody's
+    (-1: a whole object of the image that none of the concepts took)."""
+    if score not in ("explained", "mass"):
+        raise ValueError(f"score must be explained or mass, got {score!r}")
+    scores = region_scores(maps, regions) if score == "explained" else region_shares(maps, regions)
     if prior is not None:
-        score = score + prior
-    rows, cols = linear_sum_assignment(-score)
+        scores = scores + prior
+    rows, cols = linear_sum_assignment(-scores)
     owner = [-1] * len(regions)
     for concept, region in zip(rows, cols):
         owner[region] = int(concept)

@@ -236,6 +236,7 @@ class MaskEstimator:
                     drawn = assign_regions(
                         drawn, group, cfg.threshold, self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
                         previous=last, stay=cfg.assignment_stay, backgrounds=[k for k, bg in enumerate(data.background) if bg],
+                        score=cfg.assignment_score,
                     )
                 new = list(
                     mask_ops.refine_masks(
