@@ -232,8 +232,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
-    # built-in: later E-steps add 14% / 17% to the EM training time on projects of 3 / 10 images
-    # (9% / 11% with 0.5; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
+    # built-in: later E-steps add 9% / 17% to the EM training time on projects of 3 / 10 images
+    # (7% / 11% with 0.5; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
     # (ablation_no_budget.md, earlier defaults); half the budget lowered dev IoU (ablation_budget/,
     # and with the drop reference and memory 0.799 vs 0.806, ablation_reference/);
     # SD: its default signal (harvested attention) needs no pass
