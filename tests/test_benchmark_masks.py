@@ -125,3 +125,15 @@ def test_held_out_sets_refuse_settings(capsys):
     assert s.name == "dev2" and args.out.name == "masks_dev2.md"
     with pytest.raises(SystemExit):
         masks.parse_args(["--scene-set", "dev1", "--scenes", "13"])  # would overlap dev2
+
+
+def test_each_development_set_stops_where_the_next_begins():
+    pytest.importorskip("torch")
+    import masks
+
+    devs = [masks.SETS[f"dev{n}"] for n in (1, 2, 3, 4)]
+    for before, after in zip(devs, devs[1:]):
+        assert before.base == after.base and before.skip + before.max_units == after.skip
+        with pytest.raises(SystemExit):
+            masks.parse_args(["--scene-set", before.name, "--scenes", str(before.max_units + 1)])
+    assert all(not s.held_out for s in devs) and masks.SETS["test"].base >= devs[-1].end
