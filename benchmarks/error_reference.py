@@ -40,6 +40,7 @@ def main() -> None:
     from conceptforge.engine.config import resolve_config
     from conceptforge.engine.learn import build_trainer
     from conceptforge.engine.masks import iou
+    from conceptforge.engine.regions import cell_shares
     from conceptforge.project import Project
     from conceptforge.shapes.world import sample_scene
 
@@ -54,7 +55,7 @@ def main() -> None:
         for _ in range(args.steps):
             trainer.train_step()
         data, att = trainer.images[0], trainer.model.att
-        objects = [torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(o.mask.astype(np.float32))[None, None], att)[0, 0].numpy() for o in scene.objects]
+        objects = [cell_shares(o.mask, att) for o in scene.objects]
         names = "/".join(o.shape for o in scene.objects)
         for reference in ("init", "drop"):
             gain, attention = trainer.estimator.error_maps(0, 8, seed=1000, use_init=reference == "init")
