@@ -94,9 +94,9 @@ def assign_regions(
             elif o >= 0:
                 others |= regions[r]
         out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], combined), out[k]))
-    taken = [regions[r] for r, o in enumerate(owner) if o >= 0]
-    if parts and backgrounds and taken:
-        out[backgrounds] = np.where(np.logical_or.reduce(taken), 0.0, out[backgrounds])
+    if parts and backgrounds:  # the Hungarian assignment always gives some concept a region
+        taken = np.logical_or.reduce([regions[r] for r, o in enumerate(owner) if o >= 0])
+        out[backgrounds] = np.where(taken, 0.0, out[backgrounds])
     return out
 
 
