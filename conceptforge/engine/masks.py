@@ -89,6 +89,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .pictures import RUN_PNG_LEVEL
+
 CRF_SIDE = 256  # the CRF runs on the image shrunk so that its longer side is at most this many pixels
 REFERENCE_SIDE = 512  # the kernel widths below are in pixels of an image whose longer side is this long
 GAUSSIAN_SXY = 3  # scaled by the CRF image's longer side / REFERENCE_SIDE, and never under MIN_GAUSSIAN_SXY
@@ -355,7 +357,7 @@ def _save_atomic(img: Image.Image, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            img.save(handle, format="PNG")
+            img.save(handle, format="PNG", compress_level=RUN_PNG_LEVEL)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

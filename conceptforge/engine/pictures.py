@@ -8,6 +8,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# zlib level of the PNGs a run writes at every E-step (masks, soft maps, overlays, the
+# report's thumbnails): level 1 encodes about 3.5x faster than Pillow's default 6, for
+# files about 15% larger (a 128 px thumbnail: 3.2 ms vs 11.7 ms).
+RUN_PNG_LEVEL = 1
+
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
     (60, 180, 75),

@@ -14,6 +14,7 @@ from .checkpoint import save_checkpoint
 from .data import ImageData
 from .estep import EStepResult
 from .events import Event
+from .pictures import RUN_PNG_LEVEL
 from .runs import RunDir
 
 
@@ -51,7 +52,7 @@ class RunWriter:
                 mask_ops.save_mask_png(mask, folder / f"{name}.png")
                 mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
             picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
-            atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+            atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG", compress_level=RUN_PNG_LEVEL))
 
 
 REPORT_SHARE = 0.03  # the most of a run's time the live report may take (EM's whole cost target is 10%)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ...fsutil import current_umask
+from ..pictures import RUN_PNG_LEVEL
 
 VERSION = 2  # raise when pictures are drawn differently, so kept ones are drawn again
 _NAME = re.compile(r"^[0-9a-f]{40}\.png$")
@@ -25,7 +26,7 @@ _NAME = re.compile(r"^[0-9a-f]{40}\.png$")
 
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=RUN_PNG_LEVEL)
     return buf.getvalue()
 
 
