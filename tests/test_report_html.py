@@ -129,9 +129,15 @@ def test_write_report_keeps_pictures_and_draws_only_new_ones(learned, tmp_path):
     strip = lambda s: re.sub(r"report written [0-9: -]+", "", s)  # noqa: E731
     assert strip(again.read_text()) == strip(out.read_text())
 
-    # a mask file rewritten (as an E-step does) is drawn again; its old picture is dropped
+    # a mask file written again with the same bytes (an E-step that left the mask as it was) is not drawn again
     last = max((run / "masks").iterdir())
     mask = next(last.glob("first/v1.png"))
+    mask.write_bytes(mask.read_bytes())
+    os.utime(mask, ns=(2, 2))
+    write_report(learned, run, tmp_path / "same.html")
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
+
+    # a mask file rewritten with new content is drawn again; its old picture is dropped
     Image.fromarray(np.full((32, 32), 255, np.uint8), "L").save(mask)
     os.utime(mask, ns=(1, 1))
     write_report(learned, run, tmp_path / "three.html")

@@ -1,6 +1,7 @@
-"""Rendered pictures as data URIs, kept on disk by a key of their inputs (file,
-size, modification time, render settings), so a report rewritten after every
-E-step renders only the pictures that are new."""
+"""Rendered pictures as data URIs, kept on disk by a key of their inputs (the
+bytes of small files, the path, size and modification time of large ones) and
+render settings, so a report rewritten after every E-step renders only the
+pictures that are new, and a mask an E-step left unchanged is drawn once."""
 
 from __future__ import annotations
 
@@ -44,10 +45,19 @@ def data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+CONTENT_KEY_MAX = 1 << 20  # bytes: inputs up to this size are known by their content, larger ones by path and time
+
+
 def fingerprint(path: Path | None) -> list[Any]:
+    """What a picture's input file is known by: the hash of its bytes for files up to
+    CONTENT_KEY_MAX (the mask and soft-map PNGs: an E-step that leaves a mask as it was
+    writes the same bytes again, so its picture is not drawn again), else its path,
+    modification time and size (a user's large photo is not read for every cell)."""
     if path is None:
         return [None]
     info = path.stat()
+    if info.st_size <= CONTENT_KEY_MAX:
+        return [hashlib.sha1(path.read_bytes()).hexdigest()]
     return [str(path), info.st_mtime_ns, info.st_size]
 
 
