@@ -232,12 +232,12 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
-    # built-in: later E-steps add 9% / 17% to the EM training time on projects of 3 / 10 images
-    # (7% / 11% with 0.5; benchmarks/results/speed.md), dev1 em 0.773 vs 0.766 without
-    # (ablation_no_budget.md, earlier defaults); half the budget lowered dev IoU (ablation_budget/,
-    # and with the drop reference and memory 0.799 vs 0.806, ablation_reference/);
+    # built-in: 0.3, the budget with which later E-steps add at most 10% to the EM training time of a
+    # 10-image project (9% vs 11.5% at 0.5 and 17% at 1.0; benchmarks/results/speed.md); development sets,
+    # em: mean 0.853 at 0.3 and at 1.0, 0.856 at 0.5 (benchmarks/results/ablation_budget/shipped_*).
+    # (Under earlier defaults half the budget had lowered dev IoU: ablation_budget/r05_*, ablation_reference/.)
     # SD: its default signal (harvested attention) needs no pass
-    "estep_passes_per_step": (float("inf"), 1.0),
+    "estep_passes_per_step": (float("inf"), 0.3),
     "augment": ("none", "none"),
     "checkpoint_every": (50, 50),
     "batch_size": (1, 1),
