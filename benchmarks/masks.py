@@ -21,6 +21,8 @@ tokens and which of them is which would be a coin toss):
     dev2   the next 12 (same range; `--skip 12` before) used to choose settings
     dev3   the 12 after dev2 (same range)              used to choose settings
     dev4   the 12 after dev3 (same range)              used to choose settings
+    dev5   the 12 after dev4 (same range)              used to choose settings
+    dev6   the 12 after dev5 (same range)              used to choose settings
     test   the first 12 such seeds from 900000         held out
     multi  12 projects of `--images-per-project` (3)   held out
            scenes from seeds 910000 on
@@ -29,7 +31,7 @@ The held-out sets `test` and `multi` are reported only for the shipped
 defaults and are never used to choose a setting: on them the script refuses
 `--set`, `--em-steps`, `--joint-steps` and the mode `em-no-crf` unless
 `--allow-tuning-on-test` is given, and then the report's header says in
-bold that its figures are not test figures.  Choose settings on dev1-dev4,
+bold that its figures are not test figures.  Choose settings on dev1-dev6,
 then run test and multi once.
 
 `multi` projects: the world cannot place a given object in a new scene, so
@@ -118,7 +120,9 @@ SETS = {
     "dev1": SceneSet("dev1", 800_000, 0, 12, 900_000, False, max_units=12),
     "dev2": SceneSet("dev2", 800_000, 12, 12, 900_000, False, max_units=12),
     "dev3": SceneSet("dev3", 800_000, 24, 12, 900_000, False, max_units=12),
-    "dev4": SceneSet("dev4", 800_000, 36, 12, 900_000, False),
+    "dev4": SceneSet("dev4", 800_000, 36, 12, 900_000, False, max_units=12),
+    "dev5": SceneSet("dev5", 800_000, 48, 12, 900_000, False, max_units=12),
+    "dev6": SceneSet("dev6", 800_000, 60, 12, 900_000, False),
     "test": SceneSet("test", 900_000, 0, 12, 910_000, True),
     "multi": SceneSet("multi", 910_000, 0, 12, 920_000, True),
 }
@@ -634,7 +638,7 @@ def plot_modes(summary: dict, crf: dict, out: Path) -> None:
 def parse_args(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scene-set", choices=list(SETS), default="dev1",
-                    help="dev1-dev4: used to choose settings; test, multi: held out, shipped defaults only")
+                    help="dev1-dev6: used to choose settings; test, multi: held out, shipped defaults only")
     ap.add_argument("--skip", type=int, choices=(0, 12), default=None, help="former name of the dev sets: 0 is dev1, 12 is dev2")
     ap.add_argument("--scenes", type=int, default=None, help="units to run: scenes, or projects in multi (default: the set's 12)")
     ap.add_argument("--images-per-project", type=int, default=None, help="scenes per project in the multi set (default 3)")
@@ -681,7 +685,7 @@ def parse_args(argv: list[str] | None = None):
     variants = [m for m in modes if m not in DEFAULT_MODES.split(",")]
     if scene_set.held_out and (tuned or variants) and not args.allow_tuning_on_test:
         ap.error(f"{scene_set.name} is held out: it is reported only for the shipped defaults, so --set, --em-steps, "
-                 f"--joint-steps and modes other than {DEFAULT_MODES} are refused there (choose settings on dev1-dev4; "
+                 f"--joint-steps and modes other than {DEFAULT_MODES} are refused there (choose settings on dev1-dev6; "
                  "--allow-tuning-on-test overrides, and the report then says its figures are not test figures)")
     if args.out is None:
         name = f"masks_{scene_set.name}" + ("_quick" if args.quick else "") + ".md"
