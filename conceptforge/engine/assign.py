@@ -93,7 +93,8 @@ def assign_regions(
                 mine |= regions[r]
             elif o >= 0:
                 others |= regions[r]
-        out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], combined), out[k]))
+        raised = np.maximum(combined, threshold) if parts else combined  # an image object is wholly its concept's
+        out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], raised), out[k]))
     if parts and backgrounds:  # the Hungarian assignment always gives some concept a region
         taken = np.logical_or.reduce([regions[r] for r, o in enumerate(owner) if o >= 0])
         out[backgrounds] = np.where(taken, 0.0, out[backgrounds])

@@ -17,9 +17,10 @@ steps (no UNet pass).  The error signal needs a dedicated pass per image
 later E-steps spend at most that many samples per training sample since the
 previous E-step (unspent credit carries over), refreshing the images whose
 error maps are oldest first (with fewer timesteps, down to
-MIN_REFRESH_TIMESTEPS, where the credit does not pay for all), and the others
-combine their last error map with fresh harvested attention.  So the E-step
-cost follows the training steps, not the number of images.  With
+MIN_REFRESH_TIMESTEPS, where the credit does not pay for all); the others keep
+their masks until their turn (their last error signal with the attention
+harvested since made masks flip between E-steps without ever settling).  So
+the E-step cost follows the training steps, not the number of images.  With
 `error_memory` an image's error signal pools its passes so far (`ErrorSignal`),
 so a short later pass does not outweigh the first E-step's longer one.
 """
@@ -219,11 +220,9 @@ class MaskEstimator:
             if refresh is None or i in refresh:
                 older = previous.error.get(i) if previous is not None and cfg.masks == "em" else None
                 maps, err = self.signal_and_error(i, iteration, n_timesteps if refresh is None else refresh[i], seed, older)
-            else:
-                maps, err = self.signal_from_last_error(i, previous.error.get(i)), None
-                if maps is None:  # no fresh attention and no error signal: nothing new to go on
-                    mine[i] = self._unchanged(i, previous)
-                    continue
+            else:  # no fresh error pass: the image keeps its masks until one comes
+                mine[i] = self._unchanged(i, previous)
+                continue
             if previous is not None and cfg.masks == "em" and cfg.mask_momentum > 0:
                 prev = np.stack([previous.soft[(i, t)] for t in data.tokens])
                 maps = cfg.mask_momentum * prev + (1 - cfg.mask_momentum) * maps
@@ -295,17 +294,6 @@ class MaskEstimator:
         signal = fresh.pooled(older, self.cfg.error_memory)
         err = signal.normalized
         return (err if kind == "error" else combine(err, attention)), signal
-
-    def signal_from_last_error(self, image: int, error: ErrorSignal | None) -> np.ndarray | None:
-        """Soft maps of an image whose error pass this E-step skips: its last error
-        signal with the attention harvested since (`both`), or that signal alone
-        (`error`); None when there is nothing to combine."""
-        if error is None:
-            return None
-        if self.cfg.mask_signal == "error":
-            return error.normalized
-        attention = self.harvested_maps(image)
-        return None if attention is None else combine(error.normalized, attention)
 
     def _init_reference(self, iteration: int) -> bool:
         """`error_reference: init` in E-steps after the first; the first always drops
