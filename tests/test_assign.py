@@ -232,6 +232,20 @@ def test_an_object_taken_whole_keeps_the_half_whose_colour_is_the_grounds(clear_
         assert share(masks[0], a) < 0.6 and share(masks[2], a) > 0.4
 
 
+def test_an_object_taken_whole_is_its_concepts_even_where_its_map_is_silent():
+    # A's map is zero on its orange half (as a later error pass can leave it): the object the
+    # concept took is raised to the foreground level over all of it, so its mask covers A whole
+    rgb, a, white, b = _half_ground_coloured_object_beside_another()
+    cells = lambda m: m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).astype(np.float32)  # noqa: E731
+    maps = np.stack([cells(white), cells(b), 1.0 - np.maximum(cells(white), cells(b))])
+    parts = image_parts(rgb, 16)
+    out = assign_regions(maps, [0, 1], 0.5, parts, backgrounds=[2])
+    region = next(p for p in parts if (p & (cells(a) > 0.5)).any())
+    assert (out[0][region] >= 0.5).all()
+    masks = _masks(rgb, out)
+    assert float((masks[0] & a).sum() / a.sum()) > 0.95
+
+
 def test_backgrounds_keep_their_maps_when_the_regions_come_from_the_maps():
     a, b = _blob(2, 2), _blob(10, 10)
     maps = np.stack([a, b, np.ones_like(a)])
