@@ -31,7 +31,10 @@ identical) can split one object between them or both settle on it.  In
    piece of an object) and is left to the maps when it is one of the image's
    objects (one none of the concepts took);
 3. each concept's map is set to zero on the regions of the other concepts
-   and raised to the foreground level on its own.
+   and raised on its own: to the object concepts' maximum there, and with
+   the image's objects as regions to at least the threshold as well (an
+   object of the image that a concept took is the concept's whole, even the
+   half of a two-tone object where its map is silent).
 
 Background concepts take no part in the assignment (they take what the
 objects leave); with the image's objects as regions, their maps are cleared
@@ -62,7 +65,8 @@ def assign_regions(
     """`maps` (K, h, w), min-max normalised, with the maps of the concepts
     `objects` given the regions jointly assigned to them.  With the image's
     objects `parts` (`image_parts`), those are the regions, an object no
-    concept takes is left to the maps, and the maps of the `backgrounds`
+    concept takes is left to the maps, a concept's map is raised to at least
+    `threshold` over the object it took, and the maps of the `backgrounds`
     concepts are cleared on the objects the concepts took (an object of the
     image is no background's, even where its colour is the background's);
     without parts, or when the image yields none, the regions come from the

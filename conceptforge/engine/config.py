@@ -233,8 +233,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
     # built-in: 0.3, the budget with which later E-steps add at most 10% to the EM training time of a
-    # 10-image project (9% vs 11.5% at 0.5 and 17% at 1.0; benchmarks/results/speed.md); development sets,
-    # em: mean 0.853 at 0.3 and at 1.0, 0.856 at 0.5 (benchmarks/results/ablation_budget/shipped_*).
+    # 10-image project (9% vs 11.5% at 0.5 and 17% at 1.0; benchmarks/results/speed.md); dev1-dev4,
+    # em: mean 0.853 at 0.3 and at 1.0, 0.856 at 0.5 (benchmarks/results/ablation_budget/shipped_*); with
+    # images that keep their masks between passes, dev1-dev6 0.863 (ablation_budget/README.md)
     # (Under earlier defaults half the budget had lowered dev IoU: ablation_budget/r05_*, ablation_reference/.)
     # SD: its default signal (harvested attention) needs no pass
     "estep_passes_per_step": (float("inf"), 0.3),
