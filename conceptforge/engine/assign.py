@@ -89,6 +89,7 @@ def assign_regions(
         prior = stay * np.array([[float(c[r].mean()) for r in regions] for c in cells])
     owner = assign(own, regions, leftovers_join=not parts, prior=prior, score=score)
     out = maps.copy()
+    raised = np.maximum(combined, threshold) if parts else combined  # an image object is wholly its concept's
     for j, k in enumerate(objects):
         mine = np.zeros(own.shape[1:], dtype=bool)
         others = np.zeros(own.shape[1:], dtype=bool)
@@ -97,7 +98,6 @@ def assign_regions(
                 mine |= regions[r]
             elif o >= 0:
                 others |= regions[r]
-        raised = np.maximum(combined, threshold) if parts else combined  # an image object is wholly its concept's
         out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], raised), out[k]))
     if parts and backgrounds:  # the Hungarian assignment always gives some concept a region
         taken = np.logical_or.reduce([regions[r] for r, o in enumerate(owner) if o >= 0])
