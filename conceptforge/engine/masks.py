@@ -89,7 +89,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .pictures import RUN_PNG_LEVEL
+from .pictures import PALETTE, RUN_PNG_LEVEL, _label_margin, contact_sheet, overlay  # noqa: F401 - picture names stay importable from here
 
 CRF_SIDE = 256  # the CRF runs on the image shrunk so that its longer side is at most this many pixels
 REFERENCE_SIDE = 512  # the kernel widths below are in pixels of an image whose longer side is this long
@@ -362,9 +362,3 @@ def _save_atomic(img: Image.Image, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# --------------------------------------------------------------------------- pictures
-
-# The picture functions live in .pictures; these names stay importable from here.
-from .pictures import PALETTE, _label_margin, contact_sheet, overlay  # noqa: E402,F401

@@ -48,26 +48,6 @@ def data_uri(data: bytes) -> str:
 CONTENT_KEY_MAX = 1 << 20  # bytes: inputs up to this size are known by their content, larger ones by path and time
 
 
-def fingerprint(path: Path | None, known: dict[tuple, list[Any]] | None = None) -> list[Any]:
-    """What a picture's input file is known by: the hash of its bytes for files up to
-    CONTENT_KEY_MAX (the mask and soft-map PNGs: an E-step that leaves a mask as it was
-    writes the same bytes again, so its picture is not drawn again), else its path,
-    modification time and size (a user's large photo is not read for every cell).
-    `known` keeps the hashes by path, time and size, so a file is read once per report."""
-    if path is None:
-        return [None]
-    info = path.stat()
-    stamp = (str(path), info.st_mtime_ns, info.st_size)
-    if info.st_size > CONTENT_KEY_MAX:
-        return list(stamp)
-    if known is not None and stamp in known:
-        return known[stamp]
-    found = [hashlib.sha1(path.read_bytes()).hexdigest()]
-    if known is not None:
-        known[stamp] = found
-    return found
-
-
 class PictureCache:
     """Rendered bytes under `folder` (PNG pictures, and the 3-byte RGB outline colour
     of an image) named by the hash of what they were made from; no folder: nothing is kept."""
@@ -78,12 +58,28 @@ class PictureCache:
         self.rendered = 0
         self._known: dict[tuple, list[Any]] = {}  # input hashes by path, time and size (`fingerprint`)
 
+    def fingerprint(self, path: Path | None) -> list[Any]:
+        """What a picture's input file is known by: the hash of its bytes for files up to
+        CONTENT_KEY_MAX (the mask and soft-map PNGs: an E-step that leaves a mask as it was
+        writes the same bytes again, so its picture is not drawn again), else its path,
+        modification time and size (a user's large photo is not read for every cell).
+        Hashes are kept by path, time and size, so a file is read once per report."""
+        if path is None:
+            return [None]
+        info = path.stat()
+        stamp = (str(path), info.st_mtime_ns, info.st_size)
+        if info.st_size > CONTENT_KEY_MAX:
+            return list(stamp)
+        if stamp not in self._known:
+            self._known[stamp] = [hashlib.sha1(path.read_bytes()).hexdigest()]
+        return self._known[stamp]
+
     def uri(self, parts: list[Any], inputs: list[Path | None], render: Callable[[], Image.Image | bytes]) -> str:
         """The picture for `parts` and `inputs` as a data URI, rendered only when not kept yet."""
         return data_uri(self.get(parts, inputs, render))
 
     def get(self, parts: list[Any], inputs: list[Path | None], render: Callable[[], Image.Image | bytes]) -> bytes:
-        key = hashlib.sha1(json.dumps([VERSION, _package_version(), parts, [fingerprint(p, self._known) for p in inputs]], default=str).encode()).hexdigest()
+        key = hashlib.sha1(json.dumps([VERSION, _package_version(), parts, [self.fingerprint(p) for p in inputs]], default=str).encode()).hexdigest()
         name = f"{key}.png"
         self.used.add(name)
         if self.folder is not None:
