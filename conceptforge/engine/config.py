@@ -93,6 +93,7 @@ class LearnConfig(BaseModel):
     error_reference: ErrorReference
     attention_source: AttentionSource = Field(description="pass: a dedicated UNet pass per E-step; harvest: the maps of the training steps since the last E-step")
     estep_skip_settled: bool = Field(description="E-steps skip images whose masks stopped moving")
+    estep_settle_passes: int = Field(ge=1, le=1000, description="fresh re-estimates in a row that must leave an image's masks steady before it has settled")
     estep_passes_per_step: float = Field(
         gt=0, description="UNet samples later E-steps may spend on error passes per training sample; inf: every image every E-step"
     )
@@ -232,6 +233,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "attention_source": ("harvest", "harvest"),
     # 12 single-image scenes: identical figures (em 0.734 either way); saves E-steps on several images
     "estep_skip_settled": (True, True),
+    "estep_settle_passes": (1, 1),
     # built-in: 0.3, the budget with which later E-steps add at most 10% to the EM training time of a
     # 10-image project (4% vs 15% at 1.0, benchmarks/results/speed.md; before images kept their masks
     # between passes 9% / 11.5% at 0.5 / 17% at 1.0); dev1-dev4, em: mean 0.853 at 0.3 and at 1.0, 0.856

@@ -84,6 +84,7 @@ class EStepResult:
     refreshed: dict[int, int] = field(default_factory=dict)  # per image: E-step of that error signal
     credit: float = 0.0  # UNet samples later E-steps may still spend on error passes
     settled: set[int] = field(default_factory=set)  # images whose masks stopped moving (see MaskEstimator.estimate)
+    steady: dict[int, int] = field(default_factory=dict)  # per image: fresh re-estimates in a row that left its masks steady
     drawn: dict[MaskKey, np.ndarray] = field(default_factory=dict)  # the maps the masks were refined from (after the joint assignment)
 
 
@@ -151,6 +152,7 @@ class MaskEstimator:
         records: list[dict[str, Any]] = []
         refused = 0
         settled: set[int] = set()
+        counts: dict[int, int] = {}
         drawn: dict[MaskKey, np.ndarray] = {}
         for i, data in enumerate(self.images):
             maps, new, _, refined_from = maps_and_masks[i]
@@ -178,9 +180,13 @@ class MaskEstimator:
                         "refused": was_refused,
                     }
                 )
-            # an image without a fresh error pass only keeps the status it had: its stale
-            # signal barely moves, which says nothing about convergence
-            if steady and (refresh is None or i in refresh or i in previous.settled):
+            # an image without a fresh error pass only keeps the count it had: its kept
+            # masks do not move, which says nothing about convergence
+            fresh = refresh is None or i in refresh
+            count = 0 if not steady else (previous.steady.get(i, 0) + 1 if fresh else previous.steady.get(i, 0))
+            if count:
+                counts[i] = count
+            if count >= cfg.estep_settle_passes or (steady and not fresh and i in previous.settled):
                 settled.add(i)
         converged = previous is not None and len(settled) == len(self.images)
         error = dict(previous.error) if previous is not None else {}
@@ -188,7 +194,7 @@ class MaskEstimator:
         for i, (_, _, err, _) in maps_and_masks.items():
             if err is not None:
                 error[i], refreshed[i] = err, iteration
-        return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled, drawn)
+        return EStepResult(iteration, masks, soft, records, converged, refused, step, error, refreshed, credit, settled, counts, drawn)
 
     def _refresh_plan(self, iteration: int, previous: EStepResult | None, step: int) -> tuple[dict[int, int] | None, float]:
         """The images whose error signal this E-step recomputes, with their

@@ -300,6 +300,7 @@ class Trainer:
             "maps": {str(i): e.raw for i, e in r.error.items()},
             "weights": {str(i): e.weight for i, e in r.error.items()},
             "settled": sorted(r.settled),
+            "steady": {str(i): n for i, n in r.steady.items()},
         }
 
     def _restore_error_state(self, saved: dict[str, Any] | None) -> None:
@@ -311,6 +312,7 @@ class Trainer:
         weights = saved.get("weights", {})  # absent before error_memory: each signal counts as one full pass
         r.error = {int(i): ErrorSignal(np.asarray(m, np.float32), float(weights.get(i, self.cfg.mask_timesteps))) for i, m in saved["maps"].items()}
         r.settled = {int(i) for i in saved.get("settled", [])}
+        r.steady = {int(i): int(n) for i, n in saved.get("steady", {}).items()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (as `state_dict` wrote it)."""
