@@ -225,3 +225,21 @@ def test_temp_files_of_atomic_write_match_the_pattern(tmp_path):
     names: list[str] = []
     atomic_write(tmp_path / "state.safetensors", lambda tmp: (names.append(tmp.name), tmp.write_bytes(b"x")))
     assert fsutil.TEMP_PATTERN.match(names[0])
+
+
+def test_link_or_copy_links_and_copies_where_links_fail(tmp_path, monkeypatch):
+    source = tmp_path / "a.png"
+    source.write_bytes(b"png bytes")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.png").write_bytes(b"old")
+    fsutil.link_or_copy(source, tmp_path / "out" / "old.png")
+    assert (tmp_path / "out" / "old.png").samefile(source)
+
+    def no_links(*_):
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(fsutil.os, "link", no_links)
+    fsutil.link_or_copy(source, tmp_path / "out" / "copy.png")
+    assert (tmp_path / "out" / "copy.png").read_bytes() == b"png bytes"
+    assert not (tmp_path / "out" / "copy.png").samefile(source)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["copy.png", "old.png"]

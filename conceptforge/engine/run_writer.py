@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..fsutil import append_jsonl, atomic_write
+import numpy as np
+
+from ..fsutil import append_jsonl, atomic_write, link_or_copy
 from ..imageio import open_rgb
 from . import masks as mask_ops
 from .checkpoint import save_checkpoint
@@ -25,6 +27,7 @@ class RunWriter:
         self.run = run
         self.images = images
         self.image_paths = image_paths
+        self.last: EStepResult | None = None  # the last E-step written (None: write every file)
 
     def __call__(self, event: Event) -> None:
         if event.kind == "step":
@@ -39,10 +42,20 @@ class RunWriter:
 
 
     def write_masks(self, result: EStepResult) -> None:
-        """masks/iter_NNNN/<image>/<token>.png, <token>_attn.png and overlay.png at the image's own size."""
+        """masks/iter_NNNN/<image>/<token>.png, <token>_attn.png and overlay.png at the image's own size.
+        An image whose masks and maps equal the last E-step's this writer wrote gets that E-step's
+        files again (linked, not re-encoded)."""
+        last = self.last
         for i, data in enumerate(self.images):
             folder = self.run.iteration_dir(result.iteration) / data.stem
             folder.mkdir(parents=True, exist_ok=True)
+            names = [f"{t[1:-1]}{suffix}.png" for t in data.tokens for suffix in ("", "_attn")] + ["overlay.png"]
+            if last is not None and self._unchanged(i, result, last):
+                before = self.run.iteration_dir(last.iteration) / data.stem
+                if all((before / n).is_file() for n in names):
+                    for n in names:
+                        link_or_copy(before / n, folder / n)
+                    continue
             w, h = data.original_size
             full = []
             for t in data.tokens:
@@ -53,6 +66,15 @@ class RunWriter:
                 mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
             picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
             atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG", compress_level=RUN_PNG_LEVEL))
+        self.last = result
+
+    def _unchanged(self, image: int, result: EStepResult, last: EStepResult) -> bool:
+        """Whether an image's masks and soft maps are those of the `last` E-step written."""
+        keys = [(image, t) for t in self.images[image].tokens]
+        return last.iteration < result.iteration and all(
+            k in last.masks and k in last.soft and np.array_equal(last.masks[k], result.masks[k]) and np.array_equal(last.soft[k], result.soft[k])
+            for k in keys
+        )
 
 
 REPORT_SHARE = 0.03  # the most of a run's time the live report may take (EM's whole cost target is 10%)
