@@ -272,6 +272,33 @@ def test_settled_images_are_not_estimated_again(project):
     assert asked == [] and result.converged
 
 
+def test_an_image_settles_after_as_many_steady_re_estimates_in_a_row_as_asked(project):
+    trainer = _trainer(project, estep_skip_settled=True, estep_settle_passes=2, crf=False)
+    att = trainer.model.att
+    maps = [np.stack([_blob(att, 0, 0, 4), _blob(att, 8, 8, 4)]), np.ones((1, att, att), np.float32)]
+    _set_signal(trainer, maps)
+    trainer.start()
+    once = trainer.run_estep()  # steady once: not yet settled
+    assert once.steady == {0: 1, 1: 1} and once.settled == set() and not once.converged
+    saved = trainer.state_dict()
+    twice = trainer.run_estep()
+    assert twice.steady == {0: 2, 1: 2} and twice.settled == {0, 1} and twice.converged
+    # the count survives a checkpoint
+    again = _trainer(project, estep_skip_settled=True, estep_settle_passes=2, crf=False)
+    _set_signal(again, maps)
+    again.restore(saved)
+    assert again.estep_result.steady == {0: 1, 1: 1}
+    assert again.run_estep().converged
+    # a moved mask starts the count again
+    moved = _trainer(project, estep_skip_settled=True, estep_settle_passes=2, crf=False)
+    _set_signal(moved, maps)
+    moved.start()
+    moved.run_estep()
+    maps[0] = np.stack([_blob(att, 8, 0, 4), _blob(att, 0, 8, 4)])
+    result = moved.run_estep()
+    assert 0 not in result.steady and result.steady[1] == 2 and result.settled == {1}
+
+
 def test_plan_refresh_takes_the_oldest_error_signals_while_the_credit_lasts():
     from conceptforge.engine.estep import plan_refresh
 
