@@ -7,9 +7,10 @@ prompt, or their mean), momentum across E-steps, a joint assignment of the
 object concepts that compete for the image's regions (`assign.assign_regions`,
 `mask_assignment`), threshold + DenseCRF (`masks.refine_masks`), then guards:
 a new mask whose area changes by more than `area_change_max` is refused and
-the previous one kept.  Masks converge when every image has settled: every
-concept's new mask overlaps its previous one by at least `mask_converged` IoU
-and no update was refused.  Writes nothing to disk.
+the previous one kept.  Masks converge when every image has settled: at
+`estep_settle_passes` fresh re-estimates in a row, every concept's new mask
+overlapped its previous one by at least `mask_converged` IoU and no update was
+refused.  Writes nothing to disk.
 
 Cost: the attention signal of later E-steps is harvested from the training
 steps (no UNet pass).  The error signal needs a dedicated pass per image
@@ -183,7 +184,8 @@ class MaskEstimator:
             # an image without a fresh error pass only keeps the count it had: its kept
             # masks do not move, which says nothing about convergence
             fresh = refresh is None or i in refresh
-            count = 0 if not steady else (previous.steady.get(i, 0) + 1 if fresh else previous.steady.get(i, 0))
+            before = previous.steady.get(i, 0) if previous is not None else 0
+            count = (before + 1 if fresh else before) if steady else 0
             if count:
                 counts[i] = count
             if count >= cfg.estep_settle_passes or (steady and not fresh and i in previous.settled):
@@ -266,9 +268,9 @@ class MaskEstimator:
         return soft, [previous.masks[(image, t)] for t in tokens], None, drawn
 
     def settled(self, image: int, previous: EStepResult) -> bool:
-        """Whether an image's masks stopped moving: at its last re-estimate (with a
-        fresh error pass, where the signal has one) every one of its concepts kept
-        at least `mask_converged` IoU and none was refused."""
+        """Whether an image's masks stopped moving: at its last `estep_settle_passes`
+        re-estimates (with a fresh error pass, where the signal has one) every one of
+        its concepts kept at least `mask_converged` IoU and none was refused."""
         return image in previous.settled
 
     # -- signals -------------------------------------------------------------------
