@@ -112,7 +112,7 @@ def two_object_seeds(n: int, start: int = 700_000) -> list[int]:
     return seeds
 
 
-def multi_worker(device: str, images: int, settings: dict, repeats: int = 3) -> dict:
+def multi_worker(device: str, images: int, settings: dict, repeats: int = 5) -> dict:
     """learn --masks em and --masks fixed on one project of `images` scenes, `repeats` times each,
     alternating which goes first (the machine's drift falls on both alike)."""
     from scene_projects import scene_project
@@ -124,8 +124,10 @@ def multi_worker(device: str, images: int, settings: dict, repeats: int = 3) -> 
     seeds = two_object_seeds(images)
     out: dict = {"images": images, "concepts": 3 * images, "settings": settings, "em": [], "fixed": []}
     tmp = Path(tempfile.mkdtemp())
-    # a short run first loads the model and the libraries, so that neither timed run pays for that
-    learn_project(scene_project(tmp / "warm-up", seeds[:1]), {"masks": "fixed", "em_steps": 2, "joint_steps": 0, "device": device}, resume=False)
+    # a short run on the same images first loads the model and the libraries and grows the
+    # allocator to this project's sizes, so that no timed run pays for that (the first timed
+    # run, em's, had paid about a second on 10 images)
+    learn_project(scene_project(tmp / "warm-up", seeds), {"masks": "fixed", "em_steps": 2, "joint_steps": 0, "device": device}, resume=False)
     for r in range(repeats):
         for mode in ("em", "fixed") if r % 2 == 0 else ("fixed", "em"):
             root = scene_project(tmp / f"{mode}-{r}", seeds)
@@ -359,7 +361,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", default="3,10", help="image counts of the several-image projects")
-    ap.add_argument("--repeats", type=int, default=3, help="em and fixed runs per several-image project (medians reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="em and fixed runs per several-image project (medians reported)")
     ap.add_argument("--set", action="append", default=[], help="a setting for the several-image rows (KEY=VALUE; repeatable); the defaults row is always run")
     ap.add_argument("--skip-builtin", action="store_true", help="leave out the built-in model's blocks (example and several images)")
     ap.add_argument("--skip-sd", action="store_true")
