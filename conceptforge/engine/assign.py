@@ -40,11 +40,7 @@ Background concepts take no part in the assignment (they take what the
 objects leave); with the image's objects as regions, their maps are cleared
 on the objects the concepts took, so a background whose colour an object
 shares (the orange half of an orange-and-white star on brown ground) cannot
-draw that part of the object away in the DenseCRF, and raised to at least the
-threshold on the image's ground (the cells in none of its objects): on a flat
-ground, leaving the background's word out of the prompt changes little, so
-its own map can be silent there and an object's map spilling over the ground
-took it.  The maps stay soft; the
+draw that part of the object away in the DenseCRF.  The maps stay soft; the
 DenseCRF still draws the masks.
 """
 
@@ -72,8 +68,7 @@ def assign_regions(
     concept takes is left to the maps, a concept's map is raised to at least
     `threshold` over the object it took, and the maps of the `backgrounds`
     concepts are cleared on the objects the concepts took (an object of the
-    image is no background's, even where its colour is the background's) and
-    raised to at least `threshold` on the cells in none of the objects;
+    image is no background's, even where its colour is the background's);
     without parts, or when the image yields none, the regions come from the
     maps and the backgrounds keep their maps.  With `previous` (each object
     concept's last mask, any size) and `stay` > 0, a concept's score for a
