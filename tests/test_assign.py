@@ -246,24 +246,6 @@ def test_an_object_taken_whole_is_its_concepts_even_where_its_map_is_silent():
     assert float((masks[0] & a).sum() / a.sum()) > 0.95
 
 
-def test_the_background_concept_takes_the_images_ground_even_where_its_map_is_silent():
-    # the background's map is zero on the plain ground (leaving "background" out of the prompt
-    # changes nothing where the ground is flat) and one object's map spills over it: the ground
-    # of the image's cut is raised to the threshold in the background's map, so the background
-    # concept's mask covers it and the object's mask stays on the object
-    rgb, a, white, b = _half_ground_coloured_object_beside_another()
-    cells = lambda m: m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).astype(np.float32)  # noqa: E731
-    ground = ~(a | b)
-    maps = np.stack([np.maximum(cells(a), 0.05 * cells(ground)), cells(b), 0.2 * cells(a)])
-    parts = image_parts(rgb, 16)
-    out = assign_regions(maps, [0, 1], 0.5, parts, backgrounds=[2])
-    off_objects = ~np.logical_or.reduce(parts)
-    assert (out[2][off_objects] >= 0.5).all() and (out[2][np.logical_or.reduce(parts)] == 0).all()
-    masks = _masks(rgb, out)
-    share = lambda m, obj: float((m & obj).sum() / obj.sum())  # noqa: E731
-    assert share(masks[2], ground) > 0.95 and share(masks[0], ground) < 0.05 and share(masks[0], a) > 0.95
-
-
 def test_backgrounds_keep_their_maps_when_the_regions_come_from_the_maps():
     a, b = _blob(2, 2), _blob(10, 10)
     maps = np.stack([a, b, np.ones_like(a)])

@@ -101,8 +101,7 @@ def assign_regions(
         out[k] = np.where(others, 0.0, np.where(mine, np.maximum(out[k], raised), out[k]))
     if parts and backgrounds:  # the Hungarian assignment always gives some concept a region
         taken = np.logical_or.reduce([regions[r] for r, o in enumerate(owner) if o >= 0])
-        ground = ~np.logical_or.reduce(parts)  # what the image's cut calls its background
-        out[backgrounds] = np.where(taken, 0.0, np.where(ground, np.maximum(out[backgrounds], threshold), out[backgrounds]))
+        out[backgrounds] = np.where(taken, 0.0, out[backgrounds])
     return out
 
 
