@@ -54,6 +54,7 @@ from .regions import RegionRules, cell_coverage, cell_shares, image_regions
 
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 REGION_BLUR = 1.0  # Gaussian sigma, in map cells, before the regions are found
+GROUND_KEPT = 0.5  # the least share of the image's ground a background concept's mask keeps before raise_lost_ground
 TIE_BREAK = 1e-3  # weight of a concept's share of map mass in its score for a region (decides ties only)
 
 
@@ -102,6 +103,26 @@ def assign_regions(
     if parts and backgrounds:  # the Hungarian assignment always gives some concept a region
         taken = np.logical_or.reduce([regions[r] for r, o in enumerate(owner) if o >= 0])
         out[backgrounds] = np.where(taken, 0.0, out[backgrounds])
+    return out
+
+
+def raise_lost_ground(
+    maps: np.ndarray, masks: np.ndarray, parts: list[np.ndarray], backgrounds: list[int], threshold: float
+) -> np.ndarray | None:
+    """`maps` (K, h, w) with each of the `backgrounds` concepts whose mask (any size)
+    covers less than GROUND_KEPT of the image's ground (the cells in none of its
+    objects `parts`) raised to at least `threshold` there; None when none lost it.
+    On a flat ground, leaving the background's word out of the prompt changes little,
+    so its map can be silent there and an object's map spilling over it take it all."""
+    if not parts or not backgrounds:
+        return None
+    ground = ~np.logical_or.reduce(parts)
+    side = maps.shape[-1]
+    lost = [k for k in backgrounds if ground.any() and float(cell_shares(masks[k], side)[ground].mean()) < GROUND_KEPT]
+    if not lost:
+        return None
+    out = np.asarray(maps, np.float32).copy()
+    out[lost] = np.where(ground, np.maximum(out[lost], threshold), out[lost])
     return out
 
 

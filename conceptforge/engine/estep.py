@@ -37,7 +37,7 @@ import torch
 
 from ..errors import InputError
 from . import masks as mask_ops
-from .assign import assign_regions, image_parts
+from .assign import assign_regions, image_parts, raise_lost_ground
 from .attention import normalize_minmax
 from .bundle import ModelBundle
 from .config import LearnConfig
@@ -245,14 +245,19 @@ class MaskEstimator:
                         previous=last, stay=cfg.assignment_stay, backgrounds=[k for k, bg in enumerate(data.background) if bg],
                         score=cfg.assignment_score,
                     )
-                new = list(
-                    mask_ops.refine_masks(
-                        data.rgb, drawn, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method
-                    )
-                )
+                new = self._refine(i, drawn)
+                if cfg.assignment_regions == "image":  # a background that lost the image's ground to an object gets it back
+                    raised = raise_lost_ground(drawn, new, self.image_objects(i, drawn.shape[-1]), [k for k, bg in enumerate(data.background) if bg], cfg.threshold)
+                    if raised is not None:
+                        drawn, new = raised, self._refine(i, raised)
             mine[i] = (maps, new, err, drawn)
         self.harvested.clear()
         return {i: v for part in self.par.gather(mine) for i, v in part.items()}
+
+    def _refine(self, image: int, maps: np.ndarray) -> list[np.ndarray]:
+        """An image's masks from its maps: threshold + DenseCRF (`masks.refine_masks`)."""
+        cfg, data = self.cfg, self.images[image]
+        return list(mask_ops.refine_masks(data.rgb, maps, threshold=cfg.threshold, use_crf=cfg.crf, has_background=data.has_background, method=cfg.crf_method))
 
     def image_objects(self, image: int, side: int) -> list[np.ndarray]:
         """An image's objects on the maps' side x side grid, cut once per run (`assign.image_parts`)."""
