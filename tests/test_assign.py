@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conceptforge.engine.assign import assign, assign_regions, image_parts, object_regions, region_scores
+from conceptforge.engine.assign import assign, assign_regions, image_parts, object_regions, raise_lost_ground, region_scores
 from conceptforge.engine.masks import refine_masks
 from synthetic_images import with_pixel_noise
 
@@ -244,6 +244,29 @@ def test_an_object_taken_whole_is_its_concepts_even_where_its_map_is_silent():
     assert (out[0][region] >= 0.5).all()
     masks = _masks(rgb, out)
     assert float((masks[0] & a).sum() / a.sum()) > 0.95
+
+
+def test_a_background_that_lost_the_images_ground_gets_it_back():
+    # the background's map is zero on the plain ground (leaving "background" out of the prompt
+    # changes little where the ground is flat) and one object's map spills over it: the
+    # object's mask takes the ground until the background's map is raised there
+    rgb, a, white, b = _half_ground_coloured_object_beside_another()
+    cells = lambda m: m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).astype(np.float32)  # noqa: E731
+    ground = ~(a | b)
+    maps = np.stack([np.maximum(cells(a), 0.05 * cells(ground)), cells(b), 0.2 * cells(a)])
+    parts = image_parts(rgb, 16)
+    drawn = assign_regions(maps, [0, 1], 0.5, parts, backgrounds=[2])
+    share = lambda m, obj: float((m & obj).sum() / obj.sum())  # noqa: E731
+    before = _masks(rgb, drawn)
+    assert share(before[2], ground) < 0.5
+    raised = raise_lost_ground(drawn, before, parts, [2], 0.5)
+    off_objects = ~np.logical_or.reduce(parts)
+    assert (raised[2][off_objects] >= 0.5).all() and np.array_equal(raised[:2], drawn[:2])
+    after = _masks(rgb, raised)
+    assert share(after[2], ground) > 0.95 and share(after[0], ground) < 0.05 and share(after[0], a) > 0.95
+    # a background that kept its ground is left alone
+    assert raise_lost_ground(raised, after, parts, [2], 0.5) is None
+    assert raise_lost_ground(drawn, before, [], [2], 0.5) is None
 
 
 def test_backgrounds_keep_their_maps_when_the_regions_come_from_the_maps():

@@ -395,6 +395,32 @@ def test_error_memory_pools_an_images_passes_by_their_timesteps(project):
         assert np.allclose(np.stack([again.soft[(i, t)] for t in plain.images[i].tokens]), again.error[i].normalized, atol=1e-6)
 
 
+def test_an_estep_refines_again_from_the_maps_that_give_a_background_its_ground_back(project, monkeypatch):
+    from conceptforge.engine import estep
+
+    asked = []
+
+    def first_concept_everywhere(maps, masks, parts, backgrounds, threshold):
+        asked.append((len(maps), len(masks), backgrounds))
+        out = np.zeros_like(maps)
+        out[0] = 1.0
+        return out
+
+    monkeypatch.setattr(estep, "raise_lost_ground", first_concept_everywhere)
+    trainer = _trainer(project, masks="em", assignment_regions="image", crf=False, mask_momentum=0)
+    trainer.start()
+    result = trainer.estep_result
+    assert len(asked) == len(trainer.images)
+    for i, data in enumerate(trainer.images):
+        assert asked[i][:2] == (len(data.tokens), len(data.tokens))
+        assert asked[i][2] == [k for k, bg in enumerate(data.background) if bg]
+        assert result.masks[(i, data.tokens[0])].all() and (result.drawn[(i, data.tokens[0])] == 1.0).all()
+    # with the maps' regions there is no image ground to give back
+    asked.clear()
+    _trainer(project, masks="em", assignment_regions="maps", crf=False).start()
+    assert asked == []
+
+
 def test_an_estep_keeps_the_maps_it_refined_its_masks_from(project):
     from conceptforge.engine.masks import refine_masks
 
