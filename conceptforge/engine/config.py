@@ -243,7 +243,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # between passes 9% / 11.5% at 0.5 / 17% at 1.0); dev1-dev4, em: mean 0.853 at 0.3 and at 1.0, 0.856
     # at 0.5 (ablation_budget/shipped_*); with images that keep their masks between passes, dev1-dev6
     # 0.863 (ablation_budget/README.md). Its price: on 10 images it pays for passes for only a few images
-    # in 200 steps, so wrong first masks of the others stay (final IoU 0.877 vs 1.000 at 1.0, speed.md)
+    # in 200 steps, so wrong first masks of the others stay (final IoU 0.877 vs 1.000 at 1.0 before the
+    # lost-ground raise made that project's first masks right; 1.000 at both since, speed.md)
     # (Under earlier defaults half the budget had lowered dev IoU: ablation_budget/r05_*, ablation_reference/.)
     # SD: its default signal (harvested attention) needs no pass
     "estep_passes_per_step": (float("inf"), 0.3),
