@@ -117,8 +117,9 @@ def raise_lost_ground(
     if not parts or not backgrounds:
         return None
     ground = ~np.logical_or.reduce(parts)
-    side = maps.shape[-1]
-    lost = [k for k in backgrounds if ground.any() and float(cell_shares(masks[k], side)[ground].mean()) < GROUND_KEPT]
+    if not ground.any():
+        return None
+    lost = [k for k in backgrounds if float(cell_shares(masks[k], maps.shape[-1])[ground].mean()) < GROUND_KEPT]
     if not lost:
         return None
     out = np.asarray(maps, np.float32).copy()

@@ -5,7 +5,9 @@ Per image: a soft map per concept from the chosen signal (cross-attention,
 the per-pixel rise of the denoising error when the concept is left out of the
 prompt, or their mean), momentum across E-steps, a joint assignment of the
 object concepts that compete for the image's regions (`assign.assign_regions`,
-`mask_assignment`), threshold + DenseCRF (`masks.refine_masks`), then guards:
+`mask_assignment`), threshold + DenseCRF (`masks.refine_masks`; once more with
+the image's ground raised in the map of a background concept that lost it,
+`assign.raise_lost_ground`), then guards:
 a new mask whose area changes by more than `area_change_max` is refused and
 the previous one kept.  Masks converge when every image has settled: at
 `estep_settle_passes` fresh re-estimates in a row, every concept's new mask
@@ -238,16 +240,17 @@ class MaskEstimator:
             if cfg.masks == "given":
                 new = [given_mask(data, k) for k in range(len(data.tokens))]
             else:
+                backgrounds = [k for k, bg in enumerate(data.background) if bg]
                 for group in assignment_groups(data, cfg.mask_assignment):
                     last = [previous.masks[(i, data.tokens[k])] for k in group] if previous is not None and cfg.masks == "em" else None
                     drawn = assign_regions(
                         drawn, group, cfg.threshold, self.image_objects(i, drawn.shape[-1]) if cfg.assignment_regions == "image" else None,
-                        previous=last, stay=cfg.assignment_stay, backgrounds=[k for k, bg in enumerate(data.background) if bg],
+                        previous=last, stay=cfg.assignment_stay, backgrounds=backgrounds,
                         score=cfg.assignment_score,
                     )
                 new = self._refine(i, drawn)
                 if cfg.assignment_regions == "image":  # a background that lost the image's ground to an object gets it back
-                    raised = raise_lost_ground(drawn, new, self.image_objects(i, drawn.shape[-1]), [k for k, bg in enumerate(data.background) if bg], cfg.threshold)
+                    raised = raise_lost_ground(drawn, new, self.image_objects(i, drawn.shape[-1]), backgrounds, cfg.threshold)
                     if raised is not None:
                         drawn, new = raised, self._refine(i, raised)
             mine[i] = (maps, new, err, drawn)
