@@ -42,16 +42,21 @@ def current_umask() -> int:
     return mask
 
 
+def plain_open_mode(path: Path) -> int:
+    """The mode a plain open() would leave `path` with: that of the file there, or 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, flush it to disk, then rename it over `path`.
 
     The file gets the mode a plain open() would give: that of the file it
     replaces, or 0o666 less the umask for a new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o666 & ~current_umask()
+    mode = plain_open_mode(path)
     fd, tmp_name = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

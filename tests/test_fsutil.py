@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conceptforge import fsutil
+from conceptforge.engine.masks import save_mask_png, save_soft_png
 from conceptforge.fsutil import append_jsonl, atomic_write, current_umask, remove_stale_temp_files, write_text_atomic, write_yaml_atomic
 
 
@@ -43,6 +45,8 @@ def test_new_files_get_the_mode_of_a_plain_open(tmp_path, umask, mask):
         ("a.txt", lambda p: write_text_atomic(p, "hello")),
         ("b.yaml", lambda p: write_yaml_atomic(p, {"a": 1})),
         ("c.bin", lambda p: atomic_write(p, lambda tmp: tmp.write_bytes(b"\0"))),
+        ("d.png", lambda p: save_mask_png(np.ones((2, 2), bool), p)),
+        ("e.png", lambda p: save_soft_png(np.ones((2, 2), np.float32), p)),
     ]:
         write(tmp_path / name)
         assert mode(tmp_path / name) == 0o666 & ~mask == mode(plain), name

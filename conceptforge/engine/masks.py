@@ -84,11 +84,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from ..fsutil import plain_open_mode
 from .pictures import PALETTE, RUN_PNG_LEVEL, _label_margin, contact_sheet, overlay  # noqa: F401 - picture names stay importable from here
 
 CRF_SIDE = 256  # the CRF runs on the image shrunk so that its longer side is at most this many pixels
@@ -352,12 +352,15 @@ def save_soft_png(map: np.ndarray, path: str | os.PathLike, size: tuple[int, int
 
 
 def _save_atomic(img: Image.Image, path: Path) -> None:
-    """Save a PNG to a temporary file beside `path`, then rename it into place."""
+    """Save a PNG to a temporary file beside `path`, then rename it into place (with the
+    mode a plain open() would give it; mkstemp's own is owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = plain_open_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             img.save(handle, format="PNG", compress_level=RUN_PNG_LEVEL)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
