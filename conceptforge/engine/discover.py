@@ -471,7 +471,7 @@ def write_discovery(folder, image, discovery: Discovery, tokens: list[str], back
     from pathlib import Path
 
     from ..fsutil import write_text_atomic
-    from .masks import _save_atomic, save_mask_png
+    from .masks import save_mask_png, save_png_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -487,7 +487,7 @@ def write_discovery(folder, image, discovery: Discovery, tokens: list[str], back
         records.append({"token": token, "mask": path.name, "area": round(p.area, 5), "init": p.init,
                         "init_score": round(p.init_score, 5), "background": p.background})
     picture = folder / "proposals.png"
-    _save_atomic(proposal_picture(image, discovery), picture)
+    save_png_atomic(proposal_picture(image, discovery), picture)
     written.append(picture)
     index = folder / "proposals.json"
     summary = {"proposals": records, "clusters": discovery.clusters, "dropped_small": discovery.dropped_small,

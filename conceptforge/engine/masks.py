@@ -330,7 +330,7 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
     """Write a boolean mask as a 0/255 grayscale PNG, atomically."""
-    _save_atomic(Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, "L"), Path(path))
+    save_png_atomic(Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, "L"), Path(path))
 
 
 def load_mask_png(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -348,10 +348,10 @@ def save_soft_png(map: np.ndarray, path: str | os.PathLike, size: tuple[int, int
     values = np.clip(np.asarray(map, np.float32), 0.0, 1.0)
     if size is not None:
         values = upsample_maps(values[None], size[1], size[0])[0]
-    _save_atomic(Image.fromarray(np.round(values * 255).astype(np.uint8), "L"), Path(path))
+    save_png_atomic(Image.fromarray(np.round(values * 255).astype(np.uint8), "L"), Path(path))
 
 
-def _save_atomic(img: Image.Image, path: Path) -> None:
+def save_png_atomic(img: Image.Image, path: Path) -> None:
     """Save a PNG to a temporary file beside `path`, then rename it into place (with the
     mode a plain open() would give it; mkstemp's own is owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import append_jsonl, atomic_write, link_or_copy
+from ..fsutil import append_jsonl, link_or_copy
 from ..imageio import open_rgb
 from . import masks as mask_ops
 from .checkpoint import save_checkpoint
 from .data import ImageData
 from .estep import EStepResult
 from .events import Event
-from .pictures import RUN_PNG_LEVEL
 from .runs import RunDir
 
 
@@ -65,7 +64,7 @@ class RunWriter:
                 mask_ops.save_mask_png(mask, folder / f"{name}.png")
                 mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
             picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
-            atomic_write(folder / "overlay.png", lambda tmp, p=picture: p.save(tmp, format="PNG", compress_level=RUN_PNG_LEVEL))
+            mask_ops.save_png_atomic(picture, folder / "overlay.png")
         self.last = result
 
     def _unchanged(self, image: int, result: EStepResult, last: EStepResult) -> bool:
