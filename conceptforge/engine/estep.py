@@ -123,10 +123,17 @@ class MaskEstimator:
         self._parts: dict[int, list[np.ndarray]] = {}  # per image: its objects on the maps' grid (assign.image_parts)
 
     # -- attention harvested from the training steps -------------------------------
+    @property
+    def harvests(self) -> bool:
+        """Whether later E-steps read the training steps' attention: the `attention` signal
+        with `attention_source: harvest` (`both` takes its attention from its own error pass)."""
+        return self.cfg.masks == "em" and self.cfg.mask_signal == "attention" and self.cfg.attention_source == "harvest"
+
     def record(self, image: int, tokens: list[str], maps: torch.Tensor, flipped: bool, t: int) -> None:
         """Keep the cross-attention a training step computed anyway (K, att, att),
-        when its noise level lies in the E-step's timestep range."""
-        if not self.cfg.mask_t_min <= t <= self.cfg.mask_t_max:
+        when its noise level lies in the E-step's timestep range and a later E-step
+        reads it (`harvests`)."""
+        if not self.harvests or not self.cfg.mask_t_min <= t <= self.cfg.mask_t_max:
             return
         maps = maps.detach().float().cpu().numpy()
         if flipped:
