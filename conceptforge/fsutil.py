@@ -42,30 +42,28 @@ def current_umask() -> int:
     return mask
 
 
-def plain_open_mode(path: Path) -> int:
-    """The mode a plain open() would leave `path` with: that of the file there, or 0o666 less the umask."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return 0o666 & ~current_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
     """Call write(tmp) on a temporary file beside `path`, flush it to disk, then rename it over `path`.
 
     The file gets the mode a plain open() would give: that of the file it
-    replaces, or 0o666 less the umask for a new one."""
+    replaces, or 0o666 less the umask for a new one.  `durable=False` skips the
+    flushes (files a run rewrites at every E-step: the rename stays atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = plain_open_mode(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     fd, tmp_name = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         os.close(fd)
         write(tmp)
         os.chmod(tmp, mode)
-        _fsync_path(tmp)
+        if durable:
+            _fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -122,6 +122,16 @@ def test_atomic_write_flushes_before_the_rename(tmp_path, monkeypatch):
     assert synced and synced[0] is False  # the temporary file is synced before it takes the name
 
 
+def test_run_pictures_are_replaced_atomically_without_flushes(tmp_path, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: synced.append(fd))
+    save_mask_png(np.ones((2, 2), bool), tmp_path / "m.png")
+    save_mask_png(np.zeros((2, 2), bool), tmp_path / "m.png")
+    assert synced == [] and [p.name for p in tmp_path.iterdir()] == ["m.png"]
+    write_text_atomic(tmp_path / "t.txt", "data")
+    assert synced  # the durable writers still flush
+
+
 def test_append_jsonl_syncs_each_line(tmp_path, monkeypatch):
     path = tmp_path / "m.jsonl"
     seen: list[str] = []

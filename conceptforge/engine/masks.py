@@ -82,13 +82,12 @@ most 1, that mask always holds at least the map's argmax pixel.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..fsutil import plain_open_mode
+from ..fsutil import atomic_write
 from .pictures import PALETTE, RUN_PNG_LEVEL, _label_margin, contact_sheet, overlay  # noqa: F401 - picture names stay importable from here
 
 CRF_SIDE = 256  # the CRF runs on the image shrunk so that its longer side is at most this many pixels
@@ -352,16 +351,6 @@ def save_soft_png(map: np.ndarray, path: str | os.PathLike, size: tuple[int, int
 
 
 def save_png_atomic(img: Image.Image, path: Path) -> None:
-    """Save a PNG to a temporary file beside `path`, then rename it into place (with the
-    mode a plain open() would give it; mkstemp's own is owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = plain_open_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            img.save(handle, format="PNG", compress_level=RUN_PNG_LEVEL)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a PNG beside `path`, then rename it into place (`fsutil.atomic_write`, with the mode
+    a plain open() would give it; not flushed to disk: a run rewrites these at every E-step)."""
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG", compress_level=RUN_PNG_LEVEL), durable=False)
