@@ -289,6 +289,12 @@ def test_an_image_settles_after_as_many_steady_re_estimates_in_a_row_as_asked(pr
     again.restore(saved)
     assert again.estep_result.steady == {0: 1, 1: 1}
     assert again.run_estep().converged
+    # a checkpoint from before the count: its settled images count as settled enough
+    older = trainer.state_dict()
+    del older["error_signal"]["steady"]
+    restored = _trainer(project, estep_skip_settled=True, estep_settle_passes=2, crf=False)
+    restored.restore(older)
+    assert restored.estep_result.settled == {0, 1} and restored.estep_result.steady == {0: 2, 1: 2}
     # a moved mask starts the count again
     moved = _trainer(project, estep_skip_settled=True, estep_settle_passes=2, crf=False)
     _set_signal(moved, maps)

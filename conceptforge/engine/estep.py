@@ -197,7 +197,7 @@ class MaskEstimator:
             count = (before + 1 if fresh else before) if steady else 0
             if count:
                 counts[i] = count
-            if count >= cfg.estep_settle_passes or (steady and not fresh and i in previous.settled):
+            if count >= cfg.estep_settle_passes:
                 settled.add(i)
         converged = previous is not None and len(settled) == len(self.images)
         error = dict(previous.error) if previous is not None else {}

@@ -312,7 +312,8 @@ class Trainer:
         weights = saved.get("weights", {})  # absent before error_memory: each signal counts as one full pass
         r.error = {int(i): ErrorSignal(np.asarray(m, np.float32), float(weights.get(i, self.cfg.mask_timesteps))) for i, m in saved["maps"].items()}
         r.settled = {int(i) for i in saved.get("settled", [])}
-        r.steady = {int(i): int(n) for i, n in saved.get("steady", {}).items()}
+        # before estep_settle_passes a checkpoint kept only which images had settled: each counts as settled enough
+        r.steady = {int(i): int(n) for i, n in saved["steady"].items()} if "steady" in saved else {i: self.cfg.estep_settle_passes for i in r.settled}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (as `state_dict` wrote it)."""
