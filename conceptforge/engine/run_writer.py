@@ -71,8 +71,7 @@ class RunWriter:
         """Whether an image's masks and soft maps are those of the `last` E-step written."""
         keys = [(image, t) for t in self.images[image].tokens]
         return last.iteration < result.iteration and all(
-            k in last.masks and k in last.soft and np.array_equal(last.masks[k], result.masks[k]) and np.array_equal(last.soft[k], result.soft[k])
-            for k in keys
+            np.array_equal(last.masks[k], result.masks[k]) and np.array_equal(last.soft[k], result.soft[k]) for k in keys
         )
 
 
