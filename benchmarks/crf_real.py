@@ -156,6 +156,7 @@ ABLATIONS: dict[str, tuple[dict[str, float], dict[str, int]]] = {
     "bilateral width not kept at 16 px or more on small images (MIN_BILATERAL_SXY 0)": ({"MIN_BILATERAL_SXY": 0.0}, {}),
     "CRF at the photo's 512 px (CRF_SIDE 512)": ({"CRF_SIDE": 512}, {}),
     "5 iterations (crf_iterations=5)": ({}, {"crf_iterations": 5}),
+    "maps not denoised before the CRF (MAP_SMOOTHING 0)": ({"MAP_SMOOTHING": 0.0}, {}),
 }
 
 

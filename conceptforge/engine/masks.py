@@ -105,6 +105,8 @@ COLOUR_WEIGHT = 0.5  # exponent of the per-image colour model in the unary
 COLOUR_BINS = 16  # per RGB channel
 COLOUR_WEIGHT_POWER = 2  # a pixel counts for a label's colour histogram with its probability ** this, normalised
 COLOUR_PRIOR = 0.2  # every label's histogram starts uniform, with this share of the image's pixels
+MAP_SMOOTHING = 3.0  # before the CRF, a coarse map is blurred by this many cells per unit of its estimated noise
+MAX_MAP_SMOOTHING = 2.0  # the blur's sigma in cells never exceeds this
 _PROB_FLOOR = 1e-8
 
 CRF_METHODS = ("photo", "flat")
@@ -205,7 +207,7 @@ def _crf_labels(image: np.ndarray, maps: np.ndarray, threshold: float, has_backg
     upsampled bilinearly to the image before the argmax."""
     height, width = image.shape[:2]
     small = _crf_image(image)
-    scores = normalise_maps(upsample_maps(maps, *small.shape[:2]))
+    scores = normalise_maps(upsample_maps(denoise_maps(maps), *small.shape[:2]))
     q = _mean_field(small, _unary_probabilities(small, scores, threshold, has_background), iterations)
     if q.shape[1:] != (height, width):
         q = upsample_maps(q, height, width)
@@ -234,6 +236,33 @@ def _flat_crf_labels(
     sxy, srgb, compat = FLAT_BILATERAL
     crf.addPairwiseBilateral(sxy=sxy, srgb=srgb, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=compat)
     return np.asarray(crf.inference(iterations)).argmax(axis=0).reshape(height, width)
+
+
+def map_noise(map: np.ndarray) -> float:
+    """A robust estimate of the per-cell noise of a coarse map, in units of its max: the
+    median absolute difference between neighbouring cells, scaled to a Gaussian's
+    standard deviation (a smooth map gives about 0, independent noise of std s about s)."""
+    peak = float(map.max(initial=0.0))
+    if peak <= 0:
+        return 0.0
+    scaled = map / peak
+    steps = np.concatenate([np.diff(scaled, axis=0).ravel(), np.diff(scaled, axis=1).ravel()])
+    if not steps.size:
+        return 0.0
+    return float(np.median(np.abs(steps)) * 1.4826 / np.sqrt(2))
+
+
+def denoise_maps(maps: np.ndarray) -> np.ndarray:
+    """Each coarse map Gaussian-blurred (edges replicated) with a sigma in cells of
+    `MAP_SMOOTHING` times its estimated noise (`map_noise`), at most `MAX_MAP_SMOOTHING`:
+    speckled maps are smoothed before the CRF, clean ones are left nearly as they are."""
+    from scipy.ndimage import gaussian_filter
+
+    out = np.empty_like(maps, dtype=np.float32)
+    for k, m in enumerate(maps):
+        sigma = min(MAP_SMOOTHING * map_noise(m), MAX_MAP_SMOOTHING)
+        out[k] = gaussian_filter(m, sigma, mode="nearest", truncate=3.0) if sigma > 0 else m
+    return out
 
 
 def _crf_image(image: np.ndarray) -> np.ndarray:
