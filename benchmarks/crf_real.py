@@ -246,6 +246,8 @@ def _mask_number(path: Path) -> int:
 
 def load_photos(data: Path, max_side: int) -> list[Scene]:
     """Every scene folder of `data` (folders with an img.jpg), in name order."""
+    if not data.is_dir():
+        raise SystemExit(f"no folder {data}: pass --data with the Break-a-Scene example photos")
     scenes = sorted(p for p in data.iterdir() if (p / "img.jpg").is_file())
     if not scenes:
         raise SystemExit(f"no scenes (folders with img.jpg) in {data}")
