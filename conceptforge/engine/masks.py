@@ -250,14 +250,14 @@ def _flat_crf_labels(
     return np.asarray(crf.inference(iterations)).argmax(axis=0).reshape(height, width)
 
 
-def map_noise(map: np.ndarray) -> float:
+def map_noise(coarse: np.ndarray) -> float:
     """A robust estimate of the per-cell noise of a coarse map, in units of its max: the
     median absolute difference between neighbouring cells, scaled to a Gaussian's
     standard deviation (a smooth map gives about 0, independent noise of std s about s)."""
-    peak = float(map.max(initial=0.0))
+    peak = float(coarse.max(initial=0.0))
     if peak <= 0:
         return 0.0
-    scaled = map / peak
+    scaled = coarse / peak
     steps = np.concatenate([np.diff(scaled, axis=0).ravel(), np.diff(scaled, axis=1).ravel()])
     if not steps.size:
         return 0.0
