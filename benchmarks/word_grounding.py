@@ -35,6 +35,7 @@ from masks import SETS, Unit, make_project, scene_seeds  # noqa: E402
 
 from conceptforge.engine.config import resolve_config  # noqa: E402
 from conceptforge.engine.data import Conditioning  # noqa: E402
+from conceptforge.engine.estep import denoising_errors  # noqa: E402
 from conceptforge.engine.learn import build_trainer  # noqa: E402
 from conceptforge.engine.prompts import training_prompt  # noqa: E402
 from conceptforge.engine.trainer import Trainer  # noqa: E402
@@ -59,17 +60,12 @@ def region_errors(learner: Trainer, words: list[str], regions: list[np.ndarray],
         weights = torch.stack([F.interpolate(torch.from_numpy(r.astype(np.float32))[None, None], size=(side, side), mode="area")[0, 0] for r in regions])
         gen = torch.Generator().manual_seed(seed)
         out = np.zeros((len(bands), len(regions), len(words)))
-        n = len(words)
         for b, (low, high) in enumerate(bands):
-            errors = torch.zeros(n, side, side)
+            errors = torch.zeros(len(words), side, side)
             for _ in range(PER_BAND // BATCH):
                 t = torch.randint(low, high + 1, (BATCH,), generator=gen)
                 noise = torch.randn((BATCH,) + tuple(z.shape[1:]), generator=gen)
-                zt = model.scheduler.add_noise(z.expand(BATCH, -1, -1, -1), noise, t)
-                target = model.target(z.expand(BATCH, -1, -1, -1), noise, t)
-                pred = model.unet(zt.repeat_interleave(n, 0), t.repeat_interleave(n), **cond.repeat(BATCH).unet_kwargs()).sample
-                sq = ((pred.float() - target.repeat_interleave(n, 0).float()) ** 2).sum(dim=1).cpu()
-                errors += sq.reshape(BATCH, n, side, side).sum(dim=0)
+                errors += denoising_errors(model, z, cond, t, noise)
             out[b] = ((weights[:, None] * errors[None]).sum(dim=(-2, -1)) / weights.sum(dim=(-2, -1))[:, None]).numpy()
     return out
 

@@ -375,21 +375,28 @@ class MaskEstimator:
             chunk = draws[start : start + per_call]
             t = torch.cat([d[0] for d in chunk]).to(model.device)
             noise = torch.cat([d[1] for d in chunk]).to(model.device)
-            zt = model.scheduler.add_noise(z.expand(len(chunk), -1, -1, -1), noise, t)
-            target = model.target(z.expand(len(chunk), -1, -1, -1), noise, t)
             model.store.reset()
             model.store.token_index = positions.expand(n * len(chunk), -1)  # rows of the reference prompts are read but not used
-            with model.autocast():
-                pred = model.unet(
-                    zt.repeat_interleave(n, dim=0), t.repeat_interleave(n), **cond.repeat(len(chunk)).unet_kwargs()
-                ).sample
+            errors += denoising_errors(model, z, cond, t, noise)
             maps = model.store.mean_maps(model.att, model.att).float().cpu()
             attention += maps[::n].sum(dim=0)  # the full prompt of each timestep
-            sq = ((pred.float() - target.repeat_interleave(n, dim=0).float()) ** 2).sum(dim=1).cpu()
-            errors += sq.reshape(len(chunk), n, *sq.shape[-2:]).sum(dim=0)
         model.store.token_index = None
         gain = (errors[1:] - errors[:1]) / n_timesteps  # error without k minus error with all
         return gain.clamp(min=0).numpy(), (attention / n_timesteps).numpy()
+
+
+def denoising_errors(model: ModelBundle, z: torch.Tensor, cond: Conditioning, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Squared denoising error per prompt and latent pixel (P, h, w), summed over the
+    timesteps `t` (B,) and their `noise` (B, C, h, w), of latents `z` (1, C, h, w) under
+    each of the P prompts of `cond`: one UNet call of batch B x P (the caller sets up
+    the attention store around it)."""
+    n, b = cond.hidden.shape[0], len(t)
+    zt = model.scheduler.add_noise(z.expand(b, -1, -1, -1), noise, t)
+    target = model.target(z.expand(b, -1, -1, -1), noise, t)
+    with model.autocast():
+        pred = model.unet(zt.repeat_interleave(n, dim=0), t.repeat_interleave(n), **cond.repeat(b).unet_kwargs()).sample
+    sq = ((pred.float() - target.repeat_interleave(n, dim=0).float()) ** 2).sum(dim=1).cpu()
+    return sq.reshape(b, n, *sq.shape[-2:]).sum(dim=0)
 
 
 def assignment_groups(data: ImageData, mode: str) -> list[list[int]]:
