@@ -48,7 +48,8 @@ class RunWriter:
         for i, data in enumerate(self.images):
             folder = self.run.iteration_dir(result.iteration) / data.stem
             folder.mkdir(parents=True, exist_ok=True)
-            names = [f"{t[1:-1]}{suffix}.png" for t in data.tokens for suffix in ("", "_attn")] + ["overlay.png"]
+            files = {t: (f"{t[1:-1]}.png", f"{t[1:-1]}_attn.png") for t in data.tokens}  # mask, soft map
+            names = [n for pair in files.values() for n in pair] + ["overlay.png"]
             if last is not None and self._unchanged(i, result, last):
                 before = self.run.iteration_dir(last.iteration) / data.stem
                 if all((before / n).is_file() for n in names):
@@ -57,12 +58,11 @@ class RunWriter:
                     continue
             w, h = data.original_size
             full = []
-            for t in data.tokens:
-                name = t[1:-1]
+            for t, (mask_name, soft_name) in files.items():
                 mask = mask_ops.resize_mask(result.masks[(i, t)], h, w)
                 full.append(mask)
-                mask_ops.save_mask_png(mask, folder / f"{name}.png")
-                mask_ops.save_soft_png(result.soft[(i, t)], folder / f"{name}_attn.png", size=(w, h))
+                mask_ops.save_mask_png(mask, folder / mask_name)
+                mask_ops.save_soft_png(result.soft[(i, t)], folder / soft_name, size=(w, h))
             picture = mask_ops.overlay(open_rgb(self.image_paths[i]), full)
             mask_ops.save_png_atomic(picture, folder / "overlay.png")
         self.last = result
